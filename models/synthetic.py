@@ -1,0 +1,410 @@
+"""Tiny random-weight GGUF models, one per supported llama.cpp architecture.
+
+Tests need real GGUF files for every architecture pykvd supports, but real
+checkpoints are gigabytes and cannot be downloaded in CI.  This module writes
+files of a few hundred kilobytes instead: random weights (so the text they
+generate is gibberish), yet complete metadata, a small working byte-level BPE
+tokenizer and a chat template, so llama.cpp loads them, tokenizes and
+detokenizes text exactly, applies the chat template and decodes in
+milliseconds.
+
+Every file follows what the pinned llama.cpp expects for its architecture:
+
+* ``llama``  - separate q/k/v, SwiGLU FFN, llama-3 chat template.
+* ``qwen2``  - like llama plus q/k/v biases, ChatML template.
+* ``qwen3``  - per-head RMS q_norm/k_norm, ChatML template.
+* ``gemma3`` - q_norm/k_norm, post-attention and post-FFN norms, embeddings
+  scaled by sqrt(n_embd) inside llama.cpp, and interleaved sliding-window
+  (local) and global attention layers; gemma chat template.
+* ``phi3``   - fused ``attn_qkv`` and fused gate+up ``ffn_up``, phi-3 template.
+  As for real Phi-3 files, llama.cpp strips whitespace after special tokens
+  when tokenizing, so a formatted chat does not round-trip byte for byte.
+
+All files share one tokenizer: the 256 GPT-2 byte tokens, a few merges and
+the chat's special tokens (about 300 tokens).
+
+Usage::
+
+    write_tiny_gguf("qwen3", "tiny-qwen3.gguf", seed=1)
+
+    python models/synthetic.py qwen3 tiny-qwen3.gguf --seed 1
+    python models/synthetic.py --all OUTDIR   # OUTDIR/tiny-<arch>.gguf
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import gguf
+import numpy as np
+
+ARCHITECTURES: tuple[str, ...] = ("llama", "qwen2", "qwen3", "gemma3", "phi3")
+
+# Shared dimensions.  n_head * HEAD_DIM == N_EMBD because qwen2 and phi3 size
+# their attention projections by n_embd; N_HEAD_KV < N_HEAD keeps GQA.
+N_EMBD = 64
+N_HEAD = 4
+N_HEAD_KV = 2
+HEAD_DIM = 16
+N_FF = 128
+CONTEXT_LENGTH = 2048
+DEFAULT_N_LAYER = 4
+
+# llama.cpp marks gemma3 layer il as sliding-window unless il % pattern ==
+# pattern - 1, so six layers give five local layers and one global layer.
+GEMMA3_N_LAYER = 6
+GEMMA3_SWA_PATTERN = 6
+GEMMA3_SLIDING_WINDOW = 32
+
+# Small enough to keep activations finite through a few layers, large enough
+# that logits of different tokens differ visibly.
+WEIGHT_STD = 0.05
+NORM_STD = 0.05
+
+# "qwen2" pre-tokenization is the one that also disables llama.cpp's
+# "clean spaces" detokenizer pass, so any ASCII text round-trips exactly.
+TOKENIZER_PRE = "qwen2"
+
+# A handful of BPE merges so tokenization exercises merging, not only raw
+# bytes.  Each side is a byte token or the result of an earlier merge;
+# "\u0120" is how GPT-2 byte-level BPE spells a space.
+_SP = "\u0120"
+MERGES: tuple[tuple[str, str], ...] = (
+    (_SP, "t"), ("h", "e"), ("i", "n"), ("e", "r"), ("a", "n"), ("o", "n"),
+    ("r", "e"), (_SP, "a"), (_SP + "t", "he"), (_SP, "s"), (_SP, "w"),
+    ("o", "r"), ("e", "n"), ("l", "l"), ("i", "s"), ("a", "t"), ("e", "s"),
+    ("i", "t"), ("in", "g"), ("o", "u"), ("n", "d"), (_SP + "a", "nd"),
+    (_SP, "o"), (_SP + "o", "f"), (_SP + "t", "o"), (_SP, "i"),
+    (_SP + "i", "s"), (_SP, "c"), (_SP, "h"), ("H", "e"), ("He", "ll"),
+    ("Hell", "o"), (_SP + "w", "or"), ("l", "d"), (_SP + "wor", "ld"),
+    (_SP, _SP),
+)
+
+
+@dataclass(frozen=True)
+class ChatFormat:
+    """Chat template plus the special tokens it and llama.cpp rely on."""
+
+    template: str
+    bos: str
+    eos: str
+    end_of_turn: str
+    # Other control tokens the template emits, so they tokenize as one token.
+    extra: tuple[str, ...]
+    add_bos: bool
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """What differs between architectures apart from the tensor layout."""
+
+    chat: ChatFormat
+    rms_eps: float
+    rope_freq_base: float
+    # Whether lm_head reuses token_embd; covers both of llama.cpp's code paths.
+    tied_output: bool
+    default_n_layer: int = DEFAULT_N_LAYER
+
+
+# Templates are valid Jinja (for Jinja-based consumers) and contain the markers
+# llama.cpp's built-in template detection keys on.
+LLAMA3_CHAT = ChatFormat(
+    template=(
+        "{{ bos_token }}{% for message in messages %}"
+        "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
+        " + message['content'] | trim + '<|eot_id|>' }}{% endfor %}"
+        "{% if add_generation_prompt %}"
+        "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+    ),
+    bos="<|begin_of_text|>",
+    eos="<|end_of_text|>",
+    end_of_turn="<|eot_id|>",
+    extra=("<|start_header_id|>", "<|end_header_id|>"),
+    add_bos=True,
+)
+
+CHATML_CHAT = ChatFormat(
+    template=(
+        "{% for message in messages %}"
+        "{{ '<|im_start|>' + message['role'] + '\n' + message['content']"
+        " + '<|im_end|>' + '\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    ),
+    # Qwen uses <|endoftext|> as BOS but never prepends it.
+    bos="<|endoftext|>",
+    eos="<|im_end|>",
+    end_of_turn="<|im_end|>",
+    extra=("<|im_start|>",),
+    add_bos=False,
+)
+
+GEMMA_CHAT = ChatFormat(
+    template=(
+        "{{ bos_token }}{% for message in messages %}"
+        "{% set role = 'model' if message['role'] == 'assistant'"
+        " else message['role'] %}"
+        "{{ '<start_of_turn>' + role + '\n' + message['content'] | trim"
+        " + '<end_of_turn>\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+    ),
+    bos="<bos>",
+    eos="<eos>",
+    end_of_turn="<end_of_turn>",
+    extra=("<start_of_turn>",),
+    add_bos=True,
+)
+
+PHI3_CHAT = ChatFormat(
+    template=(
+        "{% for message in messages %}"
+        "{{ '<|' + message['role'] + '|>\n' + message['content'] + '<|end|>\n' }}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+    ),
+    bos="<s>",
+    eos="<|endoftext|>",
+    end_of_turn="<|end|>",
+    # llama.cpp special-cases models whose name contains "phi3" (as ours
+    # does) and fails to load unless "<unk>" and "</s>" exist; it then also
+    # right-strips whitespace after special tokens, like real Phi-3 files.
+    extra=("<|system|>", "<|user|>", "<|assistant|>", "<unk>", "</s>"),
+    add_bos=False,
+)
+
+ARCH_SPECS: dict[str, ArchSpec] = {
+    "llama": ArchSpec(LLAMA3_CHAT, rms_eps=1e-5, rope_freq_base=500000.0, tied_output=False),
+    "qwen2": ArchSpec(CHATML_CHAT, rms_eps=1e-6, rope_freq_base=1000000.0, tied_output=True),
+    "qwen3": ArchSpec(CHATML_CHAT, rms_eps=1e-6, rope_freq_base=1000000.0, tied_output=True),
+    "gemma3": ArchSpec(
+        GEMMA_CHAT, rms_eps=1e-6, rope_freq_base=1000000.0, tied_output=True,
+        default_n_layer=GEMMA3_N_LAYER,
+    ),
+    "phi3": ArchSpec(PHI3_CHAT, rms_eps=1e-5, rope_freq_base=10000.0, tied_output=False),
+}
+
+
+@dataclass(frozen=True)
+class Vocab:
+    """A GPT-2 style byte-level BPE vocabulary as GGUF stores it."""
+
+    tokens: list[str]
+    token_types: list[int]
+    merges: list[str]
+
+    def id_of(self, token: str) -> int:
+        return self.tokens.index(token)
+
+
+def _byte_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible map from bytes to printable characters.
+
+    Printable Latin-1 bytes map to themselves; the rest are shifted past 255
+    in order.  llama.cpp applies the inverse when detokenizing.
+    """
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("\u00a1"), ord("\u00ac") + 1),
+        *range(ord("\u00ae"), ord("\u00ff") + 1),
+    ]
+    mapping = {b: chr(b) for b in printable}
+    shifted = 0
+    for b in range(256):
+        if b not in mapping:
+            mapping[b] = chr(256 + shifted)
+            shifted += 1
+    return mapping
+
+
+def build_vocab(chat: ChatFormat) -> Vocab:
+    """All 256 byte tokens, then merge results, then the chat's special tokens."""
+    byte_map = _byte_to_unicode()
+    tokens = [byte_map[b] for b in range(256)]
+    tokens += [left + right for left, right in MERGES]
+    token_types = [int(gguf.TokenType.NORMAL)] * len(tokens)
+
+    # dict.fromkeys drops duplicates (ChatML's EOS is also its end of turn).
+    specials = list(dict.fromkeys((chat.bos, chat.eos, chat.end_of_turn, *chat.extra)))
+    tokens += specials
+    token_types += [int(gguf.TokenType.CONTROL)] * len(specials)
+
+    merges = [f"{left} {right}" for left, right in MERGES]
+    return Vocab(tokens=tokens, token_types=token_types, merges=merges)
+
+
+def _matrix(rng: np.random.Generator, rows: int, cols: int) -> np.ndarray:
+    # numpy shape (rows, cols) is ggml's {cols, rows}: cols is the input dim.
+    return (rng.standard_normal((rows, cols)) * WEIGHT_STD).astype(np.float16)
+
+
+def _norm(rng: np.random.Generator, size: int) -> np.ndarray:
+    # llama.cpp multiplies by the stored weight as is (gemma's converter has
+    # already folded in gemma's "1 + w"), so values near 1 suit every arch.
+    return (1.0 + rng.standard_normal(size) * NORM_STD).astype(np.float32)
+
+
+def _bias(rng: np.random.Generator, size: int) -> np.ndarray:
+    return (rng.standard_normal(size) * WEIGHT_STD).astype(np.float32)
+
+
+def _attention_tensors(arch: str, rng: np.random.Generator) -> Iterator[tuple[str, np.ndarray]]:
+    n_q = N_HEAD * HEAD_DIM
+    n_kv = N_HEAD_KV * HEAD_DIM
+    if arch == "phi3":
+        # Phi-3 stores q, k and v stacked in one projection.
+        yield "attn_qkv.weight", _matrix(rng, n_q + 2 * n_kv, N_EMBD)
+    else:
+        yield "attn_q.weight", _matrix(rng, n_q, N_EMBD)
+        yield "attn_k.weight", _matrix(rng, n_kv, N_EMBD)
+        yield "attn_v.weight", _matrix(rng, n_kv, N_EMBD)
+    if arch == "qwen2":
+        yield "attn_q.bias", _bias(rng, n_q)
+        yield "attn_k.bias", _bias(rng, n_kv)
+        yield "attn_v.bias", _bias(rng, n_kv)
+    if arch in ("qwen3", "gemma3"):
+        # One weight vector shared by all heads, applied per head.
+        yield "attn_q_norm.weight", _norm(rng, HEAD_DIM)
+        yield "attn_k_norm.weight", _norm(rng, HEAD_DIM)
+    yield "attn_output.weight", _matrix(rng, N_EMBD, n_q)
+    if arch == "gemma3":
+        yield "post_attention_norm.weight", _norm(rng, N_EMBD)
+
+
+def _ffn_tensors(arch: str, rng: np.random.Generator) -> Iterator[tuple[str, np.ndarray]]:
+    if arch == "phi3":
+        # Gate and up stacked in one projection, split by llama.cpp's SwiGLU.
+        yield "ffn_up.weight", _matrix(rng, 2 * N_FF, N_EMBD)
+    else:
+        yield "ffn_gate.weight", _matrix(rng, N_FF, N_EMBD)
+        yield "ffn_up.weight", _matrix(rng, N_FF, N_EMBD)
+    yield "ffn_down.weight", _matrix(rng, N_EMBD, N_FF)
+    if arch == "gemma3":
+        yield "post_ffw_norm.weight", _norm(rng, N_EMBD)
+
+
+def _tensors(
+    arch: str, n_layer: int, n_vocab: int, rng: np.random.Generator
+) -> Iterator[tuple[str, np.ndarray]]:
+    spec = ARCH_SPECS[arch]
+    yield "token_embd.weight", _matrix(rng, n_vocab, N_EMBD)
+    for il in range(n_layer):
+        yield f"blk.{il}.attn_norm.weight", _norm(rng, N_EMBD)
+        for name, data in _attention_tensors(arch, rng):
+            yield f"blk.{il}.{name}", data
+        yield f"blk.{il}.ffn_norm.weight", _norm(rng, N_EMBD)
+        for name, data in _ffn_tensors(arch, rng):
+            yield f"blk.{il}.{name}", data
+    yield "output_norm.weight", _norm(rng, N_EMBD)
+    if not spec.tied_output:
+        yield "output.weight", _matrix(rng, n_vocab, N_EMBD)
+
+
+def _add_hparams(writer: gguf.GGUFWriter, arch: str, n_layer: int) -> None:
+    spec = ARCH_SPECS[arch]
+    writer.add_name(f"tiny-{arch}")
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+    writer.add_context_length(CONTEXT_LENGTH)
+    writer.add_embedding_length(N_EMBD)
+    writer.add_block_count(n_layer)
+    writer.add_feed_forward_length(N_FF)
+    writer.add_head_count(N_HEAD)
+    writer.add_head_count_kv(N_HEAD_KV)
+    writer.add_key_length(HEAD_DIM)
+    writer.add_value_length(HEAD_DIM)
+    writer.add_rope_dimension_count(HEAD_DIM)
+    writer.add_rope_freq_base(spec.rope_freq_base)
+    writer.add_layer_norm_rms_eps(spec.rms_eps)
+    if arch == "gemma3":
+        writer.add_sliding_window(GEMMA3_SLIDING_WINDOW)
+        # Raw keys: gguf releases before 0.17 have no helpers for these two.
+        writer.add_uint32(f"{arch}.attention.sliding_window_pattern", GEMMA3_SWA_PATTERN)
+        # Gemma 3 rotates local layers with a smaller base than global ones.
+        writer.add_float32(f"{arch}.rope.freq_base_swa", 10000.0)
+
+
+def _add_tokenizer(writer: gguf.GGUFWriter, vocab: Vocab, chat: ChatFormat) -> None:
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(TOKENIZER_PRE)
+    writer.add_token_list(vocab.tokens)
+    writer.add_token_types(vocab.token_types)
+    writer.add_token_merges(vocab.merges)
+    writer.add_bos_token_id(vocab.id_of(chat.bos))
+    writer.add_eos_token_id(vocab.id_of(chat.eos))
+    writer.add_eot_token_id(vocab.id_of(chat.end_of_turn))
+    writer.add_add_bos_token(chat.add_bos)
+    writer.add_add_eos_token(False)
+    writer.add_chat_template(chat.template)
+
+
+def write_tiny_gguf(
+    arch: str,
+    path: str | pathlib.Path,
+    *,
+    seed: int = 0,
+    n_layer: int | None = None,
+) -> pathlib.Path:
+    """Write a tiny random-weight GGUF model of ``arch`` to ``path``.
+
+    The same ``arch``, ``seed`` and ``n_layer`` always produce the same bytes.
+    ``n_layer`` defaults to 4 (6 for gemma3, giving five sliding-window layers
+    and one global layer; gemma3 makes every sixth layer global, so fewer
+    than six layers are all sliding-window).  Returns ``path`` as a
+    ``pathlib.Path``.
+    """
+    if arch not in ARCH_SPECS:
+        raise ValueError(f"unknown architecture {arch!r}; expected one of {ARCHITECTURES}")
+    spec = ARCH_SPECS[arch]
+    n_layer = spec.default_n_layer if n_layer is None else n_layer
+    if n_layer < 1:
+        raise ValueError(f"n_layer must be at least 1, got {n_layer}")
+
+    path = pathlib.Path(path)
+    vocab = build_vocab(spec.chat)
+    rng = np.random.default_rng(seed)
+
+    writer = gguf.GGUFWriter(path, arch)
+    _add_hparams(writer, arch, n_layer)
+    _add_tokenizer(writer, vocab, spec.chat)
+    for name, data in _tensors(arch, n_layer, len(vocab.tokens), rng):
+        writer.add_tensor(name, data)
+
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Write tiny random-weight GGUF models for tests.")
+    parser.add_argument("arch", nargs="?", choices=ARCHITECTURES, help="architecture to write")
+    parser.add_argument("out", nargs="?", type=pathlib.Path, help="output .gguf path")
+    parser.add_argument("--all", metavar="OUTDIR", type=pathlib.Path,
+                        help="write OUTDIR/tiny-<arch>.gguf for every architecture")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n-layer", type=int, default=None)
+    args = parser.parse_args(argv)
+    single = args.arch is not None and args.out is not None
+    if args.all is None and not single:
+        parser.error("give ARCH OUT.gguf, or --all OUTDIR")
+    if args.all is not None and args.arch is not None:
+        parser.error("--all takes no ARCH or OUT.gguf")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parse_args(argv)
+    if args.all is not None:
+        args.all.mkdir(parents=True, exist_ok=True)
+        jobs = [(arch, args.all / f"tiny-{arch}.gguf") for arch in ARCHITECTURES]
+    else:
+        jobs = [(args.arch, args.out)]
+    for arch, out in jobs:
+        written = write_tiny_gguf(arch, out, seed=args.seed, n_layer=args.n_layer)
+        print(f"{written} ({written.stat().st_size} bytes)")
+
+
+if __name__ == "__main__":
+    main()

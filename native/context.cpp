@@ -1,0 +1,157 @@
+// Contexts: creating them, decoding token batches, logits, KV memory and timings.
+#include "handles.h"
+
+#include "llama-kvd.h"
+
+#include <vector>
+
+namespace pykvd {
+
+namespace {
+
+using TokenArray = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
+
+std::unique_ptr<Context> create(const Model & model, uint32_t n_ctx, uint32_t n_batch, uint32_t n_ubatch,
+                                int32_t n_threads, int32_t n_threads_batch, int flash_attn,
+                                uint32_t n_seq_max) {
+    llama_context_params params = llama_context_default_params();
+    params.n_ctx = n_ctx;
+    params.n_batch = n_batch;
+    params.n_ubatch = n_ubatch;
+    params.n_seq_max = n_seq_max;
+    params.n_threads = n_threads;
+    params.n_threads_batch = n_threads_batch;
+    params.flash_attn_type = (llama_flash_attn_type) flash_attn;
+    params.no_perf = false;
+    auto out = std::make_unique<Context>();
+    out->model = model.handle;
+    if (!out->model) throw ClosedError("model is closed");
+    clear_recent_log();
+    {
+        py::gil_scoped_release nogil;
+        out->ctx = llama_init_from_model(out->model->model, params);
+    }
+    if (out->ctx == nullptr) {
+        throw DecodeError("llama.cpp could not create a context\n" + recent_log());
+    }
+    return out;
+}
+
+// Runs one llama_decode over n tokens at consecutive positions from pos0.
+// `outputs`: 0 = no logits, 1 = logits for the last token, 2 = logits for every token.
+int32_t decode(Context & self, const int32_t * tokens, int32_t n, llama_pos pos0, llama_seq_id seq, int outputs) {
+    std::vector<llama_pos> pos(n);
+    std::vector<int32_t> n_seq(n, 1);
+    std::vector<llama_seq_id> seq_storage(n, seq);
+    std::vector<llama_seq_id *> seq_ptr(n);
+    std::vector<int8_t> want(n, outputs == 2 ? 1 : 0);
+    for (int32_t i = 0; i < n; ++i) {
+        pos[i] = pos0 + i;
+        seq_ptr[i] = &seq_storage[i];
+    }
+    if (outputs == 1 && n > 0) want[n - 1] = 1;
+    llama_batch batch{n, const_cast<int32_t *>(tokens), nullptr, pos.data(), n_seq.data(), seq_ptr.data(),
+                      want.data()};
+    int32_t rc;
+    {
+        py::gil_scoped_release nogil;
+        std::lock_guard<std::mutex> guard(self.lock);
+        if (!self.ctx) throw ClosedError("context is closed");
+        rc = llama_decode(self.ctx, batch);
+    }
+    if (rc == 0) {
+        self.n_outputs = outputs == 2 ? n : (outputs == 1 ? 1 : 0);
+        return rc;
+    }
+    if (rc == 1) throw NoRoomError("no free KV cells for the batch (context is full)");
+    throw DecodeError("llama_decode failed with code " + std::to_string(rc) + "\n" + recent_log());
+}
+
+int32_t decode_array(Context & self, TokenArray tokens, llama_pos pos0, llama_seq_id seq, int outputs) {
+    if (tokens.ndim() != 1) throw py::value_error("tokens must be a 1-D array");
+    const auto n = (int32_t) tokens.shape(0);
+    llama_context * ctx = self.get();
+    if (n == 0) throw py::value_error("cannot decode an empty batch");
+    if ((uint32_t) n > llama_n_batch(ctx)) throw py::value_error("batch is larger than n_batch");
+    return decode(self, tokens.data(), n, pos0, seq, outputs);
+}
+
+py::array_t<float> logits_row(Context & self, int32_t i) {
+    llama_context * ctx = self.get();
+    if (self.n_outputs == 0) throw py::value_error("the last batch produced no logits");
+    if (i < -self.n_outputs || i >= self.n_outputs) throw py::index_error("logits row out of range");
+    const float * row = llama_get_logits_ith(ctx, i);
+    if (row == nullptr) throw DecodeError("llama.cpp has no logits for row " + std::to_string(i));
+    const int32_t n_vocab = llama_vocab_n_tokens(self.model->vocab());
+    return py::array_t<float>(n_vocab, row);
+}
+
+py::array_t<float> logits_all(Context & self) {
+    llama_context * ctx = self.get();
+    if (self.n_outputs == 0) throw py::value_error("the last batch produced no logits");
+    const int32_t n_vocab = llama_vocab_n_tokens(self.model->vocab());
+    const float * rows = llama_get_logits(ctx);
+    if (rows == nullptr) throw DecodeError("llama.cpp has no logits");
+    py::array_t<float> out({(py::ssize_t) self.n_outputs, (py::ssize_t) n_vocab});
+    std::memcpy(out.mutable_data(), rows, sizeof(float) * (size_t) self.n_outputs * n_vocab);
+    return out;
+}
+
+py::dict memory(const Context & self) {
+    llama_kvd_memory mem{};
+    llama_kvd_context_memory(self.get(), &mem);
+    py::dict d;
+    d["model"] = mem.model;
+    d["kv"] = mem.context;
+    d["compute"] = mem.compute;
+    return d;
+}
+
+py::dict perf(const Context & self) {
+    const llama_perf_context_data p = llama_perf_context(self.get());
+    py::dict d;
+    d["prefill_ms"] = p.t_p_eval_ms;
+    d["decode_ms"] = p.t_eval_ms;
+    d["n_prefill"] = p.n_p_eval;
+    d["n_decode"] = p.n_eval;
+    return d;
+}
+
+}  // namespace
+
+void bind_context(py::module_ & m) {
+    py::class_<Context>(m, "Context")
+        .def(py::init(&create), py::arg("model"), py::arg("n_ctx"), py::arg("n_batch"), py::arg("n_ubatch"),
+             py::arg("n_threads"), py::arg("n_threads_batch"), py::arg("flash_attn"), py::arg("n_seq_max") = 1)
+        .def("close", &Context::free)
+        .def_property_readonly("closed", [](const Context & s) { return s.ctx == nullptr; })
+        .def_property_readonly("n_ctx", [](const Context & s) { return llama_n_ctx(s.get()); })
+        .def_property_readonly("n_batch", [](const Context & s) { return llama_n_batch(s.get()); })
+        .def_property_readonly("n_ubatch", [](const Context & s) { return llama_n_ubatch(s.get()); })
+        .def_property_readonly("n_outputs", [](const Context & s) { return s.n_outputs; })
+        .def("decode", &decode_array, py::arg("tokens"), py::arg("pos0"), py::arg("seq_id") = 0,
+             py::arg("outputs") = 1,
+             "Decode tokens at positions pos0.. ; outputs: 0 none, 1 last token, 2 every token.")
+        .def("decode_token", [](Context & s, int32_t token, llama_pos pos, llama_seq_id seq) {
+            s.get();
+            return decode(s, &token, 1, pos, seq, 1);
+        }, py::arg("token"), py::arg("pos"), py::arg("seq_id") = 0)
+        .def("logits", &logits_row, py::arg("row") = -1)
+        .def("logits_all", &logits_all)
+        .def("memory", &memory, "Bytes allocated for model weights, the KV cache and compute buffers.")
+        .def("perf", &perf)
+        .def("perf_reset", [](Context & s) { llama_perf_context_reset(s.get()); })
+        .def("memory_clear", [](Context & s) { llama_memory_clear(llama_get_memory(s.get()), true); })
+        .def("seq_rm", [](Context & s, llama_seq_id seq, llama_pos p0, llama_pos p1) {
+            return llama_memory_seq_rm(llama_get_memory(s.get()), seq, p0, p1);
+        }, py::arg("seq_id"), py::arg("p0"), py::arg("p1"))
+        .def("seq_pos_max", [](Context & s, llama_seq_id seq) {
+            return llama_memory_seq_pos_max(llama_get_memory(s.get()), seq);
+        }, py::arg("seq_id") = 0)
+        .def("seq_pos_min", [](Context & s, llama_seq_id seq) {
+            return llama_memory_seq_pos_min(llama_get_memory(s.get()), seq);
+        }, py::arg("seq_id") = 0)
+        .def("set_threads", [](Context & s, int32_t n, int32_t n_batch) { llama_set_n_threads(s.get(), n, n_batch); });
+}
+
+}  // namespace pykvd

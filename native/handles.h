@@ -1,0 +1,73 @@
+// Shared pieces of the pybind11 binding: owned llama.cpp handles and the C++
+// exceptions that module.cpp translates into pykvd.errors classes.
+#pragma once
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <memory>
+#include <cstring>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+
+#include "llama.h"
+
+namespace py = pybind11;
+
+namespace pykvd {
+
+// Each maps to the pykvd.errors class of the same meaning.
+struct ClosedError : std::runtime_error { using std::runtime_error::runtime_error; };
+struct ModelLoadError : std::runtime_error { using std::runtime_error::runtime_error; };
+struct DecodeError : std::runtime_error { using std::runtime_error::runtime_error; };
+struct NoRoomError : std::runtime_error { using std::runtime_error::runtime_error; };
+
+// The last llama.cpp log lines, so that a failure can say what llama.cpp said.
+std::string recent_log();
+void clear_recent_log();
+
+// A loaded model. Contexts keep a shared_ptr to it, so the weights outlive every
+// context made from them even if the Python Model object is closed first.
+struct ModelHandle {
+    llama_model * model = nullptr;
+    explicit ModelHandle(llama_model * m) : model(m) {}
+    ~ModelHandle() { if (model) llama_model_free(model); }
+    ModelHandle(const ModelHandle &) = delete;
+    ModelHandle & operator=(const ModelHandle &) = delete;
+    const llama_vocab * vocab() const { return llama_model_get_vocab(model); }
+};
+
+// The Python-facing model: closing it drops this object's share of the handle.
+struct Model {
+    std::shared_ptr<ModelHandle> handle;
+    const ModelHandle & get() const {
+        if (!handle) throw ClosedError("model is closed");
+        return *handle;
+    }
+};
+
+// A llama.cpp context. `lock` serialises compute against close() from another
+// thread, since compute runs with the GIL released.
+struct Context {
+    std::shared_ptr<ModelHandle> model;
+    llama_context * ctx = nullptr;
+    int32_t n_outputs = 0;  // logits rows produced by the last decode
+    std::mutex lock;
+    ~Context() { free(); }
+    void free() {
+        std::lock_guard<std::mutex> guard(lock);
+        if (ctx) llama_free(ctx);
+        ctx = nullptr;
+    }
+    llama_context * get() const {
+        if (!ctx) throw ClosedError("context is closed");
+        return ctx;
+    }
+};
+
+void bind_model(py::module_ & m);
+void bind_context(py::module_ & m);
+void bind_sampler(py::module_ & m);
+
+}  // namespace pykvd

@@ -1,0 +1,52 @@
+"""pykvd: exact, bounded-memory inference state for llama.cpp models.
+
+The import is light: the llama.cpp binding loads on first use of Model or
+Session, so `pykvd.models` (fetching GGUFs) works without it.
+"""
+
+from .errors import (
+    ContextOverflowError,
+    DecodeError,
+    InvalidModelError,
+    ModelFetchError,
+    ModelNotFoundError,
+    PromptError,
+    PykvdError,
+    SamplingError,
+    SessionClosedError,
+    UnsupportedArchitectureError,
+)
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "Model": "pykvd.model",
+    "Session": "pykvd.session",
+    "SamplingParams": "pykvd.sampling",
+    "RuntimeProfile": "pykvd.profile",
+    "load": "pykvd.model",
+}
+
+
+def __getattr__(name):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pykvd' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
+
+__all__ = [
+    "ContextOverflowError",
+    "DecodeError",
+    "InvalidModelError",
+    "ModelFetchError",
+    "ModelNotFoundError",
+    "PromptError",
+    "PykvdError",
+    "SamplingError",
+    "SessionClosedError",
+    "UnsupportedArchitectureError",
+    *_LAZY,
+]
