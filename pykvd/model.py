@@ -1,0 +1,186 @@
+"""Loading a GGUF model: validation, metadata, tokenizer and chat template."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from . import models as _models
+from ._llama import native
+from .errors import InvalidModelError, PromptError, SessionClosedError, UnsupportedArchitectureError
+from .gguf_file import read_header
+from .profile import RuntimeProfile
+
+Message = dict  # {"role": ..., "content": ...}
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    index: int
+    n_head: int
+    n_head_kv: int
+    head_dim_k: int
+    head_dim_v: int
+    n_embd_k_gqa: int
+    n_embd_v_gqa: int
+    is_swa: bool
+    has_kv: bool
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What llama.cpp loaded: the dimensions that decide what inference state costs."""
+
+    path: Path
+    architecture: str
+    name: str
+    description: str
+    n_layer: int
+    n_embd: int
+    n_head: int
+    n_head_kv: int
+    n_vocab: int
+    n_ctx_train: int
+    n_swa: int
+    n_params: int
+    size_bytes: int
+    layers: tuple[LayerInfo, ...]
+
+    @property
+    def head_dim_k(self) -> int:
+        return self.layers[0].head_dim_k
+
+    @property
+    def head_dim_v(self) -> int:
+        return self.layers[0].head_dim_v
+
+    @property
+    def swa_layers(self) -> tuple[int, ...]:
+        return tuple(layer.index for layer in self.layers if layer.is_swa)
+
+
+class Model:
+    """A GGUF model loaded by llama.cpp.
+
+    ``model`` is a path to a GGUF file or the name of a fetchable model
+    ("smollm2", "gemma3"). ``exact=True`` (default) loads weights without
+    repacking, part of the bit-exact profile; ``exact=False`` lets llama.cpp
+    repack them for speed. Use as a context manager, or call close().
+    """
+
+    def __init__(self, model: str | os.PathLike[str], *, exact: bool = True, n_gpu_layers: int = 0,
+                 use_mmap: bool = True, progress=None):
+        self.path = _models.resolve(model, progress=progress)
+        header = read_header(self.path)
+        arch = header.architecture
+        if not arch:
+            raise InvalidModelError(f"{self.path}: GGUF has no general.architecture")
+        if not native.arch_known(arch):
+            raise UnsupportedArchitectureError(f"{self.path}: llama.cpp cannot run architecture {arch!r}")
+        self.profile = RuntimeProfile.of(exact)
+        self._native = native.Model(str(self.path), n_gpu_layers=n_gpu_layers, use_mmap=use_mmap,
+                                    use_extra_bufts=self.profile.extra_bufts)
+        self.info = self._read_info(arch, header.metadata.get("general.name", ""))
+
+    def _read_info(self, arch: str, name: object) -> ModelInfo:
+        m = self._native
+        layers = tuple(LayerInfo(index=i, **m.layer_info(i)) for i in range(m.n_layer))
+        return ModelInfo(
+            path=self.path, architecture=arch, name=str(name), description=m.description,
+            n_layer=m.n_layer, n_embd=m.n_embd, n_head=m.n_head, n_head_kv=m.n_head_kv, n_vocab=m.n_vocab,
+            n_ctx_train=m.n_ctx_train, n_swa=m.n_swa, n_params=m.n_params, size_bytes=m.size, layers=layers,
+        )
+
+    # -- lifetime ----------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._native.closed
+
+    def close(self) -> None:
+        """Release this handle on the weights; sessions still open keep them alive until they close."""
+        self._native.close()
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _handle(self):
+        if self._native.closed:
+            raise SessionClosedError("model is closed")
+        return self._native
+
+    # -- tokenizer ---------------------------------------------------------
+
+    def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> np.ndarray:
+        """Token ids (int32) of text; add_special adds BOS where the model wants it."""
+        if not isinstance(text, str):
+            raise PromptError(f"text must be str, not {type(text).__name__}")
+        return self._handle().tokenize(text, add_special, parse_special)
+
+    def detokenize(self, tokens: Sequence[int] | np.ndarray, *, special: bool = False) -> str:
+        ids = self.check_tokens(tokens)
+        raw = self._handle().detokenize(ids, False, special)
+        return raw.decode("utf-8", errors="replace")
+
+    def token_to_bytes(self, token: int, *, special: bool = False) -> bytes:
+        self.check_tokens([token])
+        return self._handle().token_to_piece(int(token), special)
+
+    def check_tokens(self, tokens: Sequence[int] | np.ndarray) -> np.ndarray:
+        """tokens as a 1-D int32 array, or PromptError if any id is outside the vocabulary."""
+        ids = np.asarray(tokens)
+        if ids.ndim != 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
+            raise PromptError("tokens must be a 1-D sequence of integer ids")
+        if ids.size and (ids.min() < 0 or ids.max() >= self.info.n_vocab):
+            raise PromptError(f"token ids must be in [0, {self.info.n_vocab})")
+        return ids.astype(np.int32, copy=False)
+
+    def is_end_of_generation(self, token: int) -> bool:
+        return self._handle().is_eog(int(token))
+
+    @property
+    def add_bos(self) -> bool:
+        return self._handle().add_bos
+
+    # -- chat template -----------------------------------------------------
+
+    @property
+    def chat_template(self) -> str | None:
+        return self._handle().chat_template()
+
+    def apply_chat_template(self, messages: Sequence[Message], *, add_generation_prompt: bool = True,
+                            template: str | None = None) -> str:
+        """The conversation formatted with the model's own template (or ``template``)."""
+        pairs = []
+        for message in messages:
+            if not isinstance(message, dict) or not {"role", "content"} <= message.keys():
+                raise PromptError("each message must be a dict with 'role' and 'content'")
+            pairs.append((str(message["role"]), str(message["content"])))
+        try:
+            return self._handle().apply_chat_template(template, pairs, add_generation_prompt)
+        except ValueError as exc:
+            raise PromptError(str(exc)) from None
+
+    # -- sessions ----------------------------------------------------------
+
+    def session(self, **kwargs):
+        """A new Session over this model; see pykvd.Session for the arguments."""
+        from .session import Session
+
+        return Session(self, **kwargs)
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else self.info.description
+        return f"Model({str(self.path)!r}, {state})"
+
+
+def load(model: str | os.PathLike[str], **kwargs) -> Model:
+    """Load a GGUF path or a fetchable model name; keyword arguments as for Model."""
+    return Model(model, **kwargs)

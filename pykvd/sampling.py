@@ -1,0 +1,61 @@
+"""Sampler settings, validated before they reach llama.cpp's sampler chain."""
+
+from __future__ import annotations
+
+import math
+import secrets
+from dataclasses import dataclass
+
+from .errors import SamplingError
+
+_MAX_SEED = 2**32 - 2  # 0xFFFFFFFF means "random" to llama.cpp, so it is not a valid fixed seed
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """llama.cpp's sampler chain: repeat penalty -> top-k -> top-p -> min-p -> temperature -> draw.
+
+    temperature 0 means greedy decoding (the other values are then unused).
+    seed None draws a fresh random seed for each generation; a fixed seed makes
+    seeded sampling reproducible.
+    """
+
+    temperature: float = 0.0
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        _check(_finite(self.temperature) and self.temperature >= 0, "temperature must be a finite number >= 0")
+        _check(_integer(self.top_k) and self.top_k >= 0, "top_k must be an integer >= 0 (0 disables it)")
+        _check(_finite(self.top_p) and 0 < self.top_p <= 1, "top_p must be in (0, 1]")
+        _check(_finite(self.min_p) and 0 <= self.min_p <= 1, "min_p must be in [0, 1]")
+        _check(_finite(self.repeat_penalty) and self.repeat_penalty > 0, "repeat_penalty must be > 0")
+        _check(_integer(self.repeat_last_n) and self.repeat_last_n >= 0, "repeat_last_n must be an integer >= 0")
+        _check(
+            self.seed is None or (_integer(self.seed) and 0 <= self.seed <= _MAX_SEED),
+            f"seed must be an integer in [0, {_MAX_SEED}] or None",
+        )
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def resolved_seed(self) -> int:
+        return self.seed if self.seed is not None else secrets.randbelow(_MAX_SEED + 1)
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _integer(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise SamplingError(message)

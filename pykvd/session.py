@@ -1,0 +1,333 @@
+"""Sessions: a llama.cpp context with its token history, generation and chat."""
+
+from __future__ import annotations
+
+import codecs
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from ._llama import native
+from .errors import ContextOverflowError, PromptError, SessionClosedError
+from .memory import rss_bytes
+from .model import Message, Model
+from .profile import RuntimeProfile
+from .sampling import SamplingParams
+
+FINISH_STOP = "stop"  # the model produced an end-of-generation token
+FINISH_LENGTH = "length"  # max_tokens reached
+FINISH_CONTEXT = "context"  # the context is full
+
+
+@dataclass
+class SessionStats:
+    """Counters and timings of a session, and memory read from llama.cpp's allocator and the OS."""
+
+    n_ctx: int
+    n_tokens: int  # tokens whose K/V are in the cache now
+    n_prefill_tokens: int = 0
+    n_generated: int = 0
+    n_decode_steps: int = 0  # single-token decodes (the last sampled token is never decoded)
+    prefill_s: float = 0.0
+    decode_s: float = 0.0  # sampling plus single-token decodes
+    kv_bytes: int = 0
+    compute_bytes: int = 0
+    model_bytes: int = 0
+    rss_bytes: int = 0
+
+    @property
+    def prefill_tokens_per_s(self) -> float:
+        return self.n_prefill_tokens / self.prefill_s if self.prefill_s else 0.0
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        return self.n_decode_steps / self.decode_s if self.decode_s else 0.0
+
+
+@dataclass
+class Generation:
+    text: str
+    tokens: list[int]
+    finish_reason: str
+    n_prompt_tokens: int
+    prefill_s: float
+    decode_s: float
+
+
+@dataclass
+class _Counters:
+    n_prefill_tokens: int = 0
+    n_generated: int = 0
+    n_decode_steps: int = 0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+
+
+@dataclass
+class _Run:
+    """Book-keeping of one generation while its tokens stream out."""
+
+    tokens: list[int] = field(default_factory=list)
+    finish_reason: str = FINISH_LENGTH
+    n_prompt_tokens: int = 0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+
+
+class Session:
+    """A conversation state over one llama.cpp context.
+
+    The session owns a KV cache of ``n_ctx`` tokens. ``generate`` and ``stream``
+    continue the text in it; ``chat`` formats messages with the model's chat
+    template and keeps the conversation across turns, processing only the
+    tokens a turn adds. ``exact`` defaults to the model's profile.
+    """
+
+    def __init__(self, model: Model, *, n_ctx: int | None = None, n_batch: int = 512, n_ubatch: int | None = None,
+                 n_threads: int | None = None, sampling: SamplingParams | None = None, exact: bool | None = None):
+        info = model.info
+        n_ctx = min(4096, info.n_ctx_train) if n_ctx is None else n_ctx
+        n_ubatch = n_batch if n_ubatch is None else n_ubatch
+        n_threads = n_threads or os.cpu_count() or 4
+        for name, value in (("n_ctx", n_ctx), ("n_batch", n_batch), ("n_ubatch", n_ubatch), ("n_threads", n_threads)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, not {value!r}")
+        if n_ubatch > n_batch:
+            raise ValueError("n_ubatch cannot exceed n_batch")
+        self.model = model
+        self.profile = model.profile if exact is None else RuntimeProfile.of(exact)
+        self.sampling = sampling or SamplingParams()
+        self.messages: list[Message] = []
+        self._ctx = native.Context(model._handle(), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_ubatch,
+                                   n_threads=n_threads, n_threads_batch=n_threads, flash_attn=self.profile.flash_attn)
+        self._tokens: list[int] = []  # tokens whose K/V are in the cache, positions 0..n-1
+        self._pending: list[int] = []  # sampled but not yet decoded
+        self._counters = _Counters()
+
+    # -- lifetime ----------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._ctx.closed
+
+    def close(self) -> None:
+        self._ctx.close()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _context(self):
+        if self._ctx.closed:
+            raise SessionClosedError("session is closed")
+        return self._ctx
+
+    # -- state -------------------------------------------------------------
+
+    @property
+    def n_ctx(self) -> int:
+        return self._context().n_ctx
+
+    @property
+    def tokens(self) -> list[int]:
+        """Every token of the session so far, including a last sampled one not yet decoded."""
+        self._context()
+        return self._tokens + self._pending
+
+    def reset(self) -> None:
+        """Forget all tokens and the conversation; the context stays allocated."""
+        self._context().memory_clear()
+        self._tokens, self._pending, self.messages = [], [], []
+
+    def logits(self) -> np.ndarray:
+        """Logits (float32, n_vocab) for the next token after the last processed one."""
+        return self._context().logits(-1)
+
+    @property
+    def stats(self) -> SessionStats:
+        ctx = self._context()
+        mem = ctx.memory()
+        c = self._counters
+        return SessionStats(
+            n_ctx=ctx.n_ctx, n_tokens=len(self._tokens), n_prefill_tokens=c.n_prefill_tokens,
+            n_generated=c.n_generated, n_decode_steps=c.n_decode_steps, prefill_s=c.prefill_s,
+            decode_s=c.decode_s, kv_bytes=mem["kv"], compute_bytes=mem["compute"], model_bytes=mem["model"],
+            rss_bytes=rss_bytes(),
+        )
+
+    # -- feeding tokens ----------------------------------------------------
+
+    def feed(self, prompt: str | Sequence[int] | np.ndarray) -> int:
+        """Process text or token ids after what the session holds; returns how many tokens were added."""
+        ids = self._prompt_ids(prompt)
+        self._prefill(ids)
+        return len(ids)
+
+    def _prompt_ids(self, prompt: str | Sequence[int] | np.ndarray) -> np.ndarray:
+        if isinstance(prompt, str):
+            if not prompt:
+                raise PromptError("prompt is empty")
+            # BOS belongs only at the very start of the context.
+            ids = self.model.tokenize(prompt, add_special=not self.tokens)
+        else:
+            ids = self.model.check_tokens(prompt)
+        if ids.size == 0:
+            raise PromptError("prompt has no tokens")
+        return ids
+
+    def _prefill(self, ids: np.ndarray) -> float:
+        """Decode pending + ids in n_batch chunks, logits for the last token only; returns seconds."""
+        ctx = self._context()
+        ids = np.concatenate([np.asarray(self._pending, dtype=np.int32), ids.astype(np.int32, copy=False)])
+        if len(self._tokens) + len(ids) > ctx.n_ctx:
+            raise ContextOverflowError(
+                f"{len(ids)} tokens do not fit: the context holds {ctx.n_ctx} and {len(self._tokens)} are used"
+            )
+        n_batch = ctx.n_batch
+        start = time.perf_counter()
+        for i in range(0, len(ids), n_batch):
+            chunk = ids[i:i + n_batch]
+            last = i + n_batch >= len(ids)
+            ctx.decode(chunk, len(self._tokens), outputs=1 if last else 0)
+            self._tokens.extend(int(t) for t in chunk)
+        self._pending = []
+        elapsed = time.perf_counter() - start
+        self._counters.n_prefill_tokens += len(ids)
+        self._counters.prefill_s += elapsed
+        return elapsed
+
+    # -- generation --------------------------------------------------------
+
+    def generate(self, prompt: str | Sequence[int] | np.ndarray | None = None, *, max_tokens: int = 128,
+                 sampling: SamplingParams | None = None, stop_at_eog: bool = True) -> Generation:
+        """Process ``prompt`` (if any) and generate up to max_tokens tokens."""
+        run = _Run()
+        pieces = list(self._run(prompt, max_tokens, sampling, stop_at_eog, run))
+        return Generation("".join(pieces), run.tokens, run.finish_reason, run.n_prompt_tokens, run.prefill_s,
+                          run.decode_s)
+
+    def stream(self, prompt: str | Sequence[int] | np.ndarray | None = None, *, max_tokens: int = 128,
+               sampling: SamplingParams | None = None, stop_at_eog: bool = True) -> Iterator[str]:
+        """Like generate, yielding text as it is produced (whole UTF-8 characters only)."""
+        return self._run(prompt, max_tokens, sampling, stop_at_eog, _Run())
+
+    def _run(self, prompt, max_tokens: int, sampling: SamplingParams | None, stop_at_eog: bool,
+             run: _Run) -> Iterator[str]:
+        # Validate everything before any state changes, so bad input loses nothing.
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 0:
+            raise ValueError(f"max_tokens must be an integer >= 0, not {max_tokens!r}")
+        params = sampling or self.sampling
+        if not isinstance(params, SamplingParams):
+            raise TypeError("sampling must be a pykvd.SamplingParams")
+        ids = None if prompt is None else self._prompt_ids(prompt)
+        if ids is None and self._pending:
+            ids = np.zeros(0, dtype=np.int32)  # decode the pending token first
+        if ids is None and self._context().n_outputs == 0:
+            raise PromptError("nothing to continue from: give a prompt")
+        if ids is not None:
+            run.n_prompt_tokens = len(ids) + len(self._pending)
+            run.prefill_s = self._prefill(ids)
+        return self._decode_loop(max_tokens, params, stop_at_eog, run)
+
+    def _decode_loop(self, max_tokens: int, params: SamplingParams, stop_at_eog: bool,
+                     run: _Run) -> Iterator[str]:
+        ctx, model = self._context(), self.model
+        sampler = self._sampler(params)
+        utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        start = time.perf_counter()
+        try:
+            while len(run.tokens) < max_tokens:
+                token = sampler.sample(ctx)
+                if stop_at_eog and model.is_end_of_generation(token):
+                    run.finish_reason = FINISH_STOP
+                    break
+                run.tokens.append(token)
+                self._counters.n_generated += 1
+                self._pending = [token]
+                text = utf8.decode(model.token_to_bytes(token))
+                if text:
+                    yield text
+                if len(run.tokens) == max_tokens:
+                    break
+                if len(self._tokens) >= ctx.n_ctx:
+                    run.finish_reason = FINISH_CONTEXT
+                    break
+                ctx.decode_token(token, len(self._tokens))
+                self._tokens.append(token)
+                self._pending = []
+                self._counters.n_decode_steps += 1
+            tail = utf8.decode(b"", final=True)
+            if tail:
+                yield tail
+        finally:
+            run.decode_s = time.perf_counter() - start
+            self._counters.decode_s += run.decode_s
+
+    def _sampler(self, params: SamplingParams):
+        sampler = native.Sampler(self.model._handle(), temperature=params.temperature, top_k=params.top_k,
+                                 top_p=params.top_p, min_p=params.min_p, repeat_penalty=params.repeat_penalty,
+                                 repeat_last_n=params.repeat_last_n, seed=params.resolved_seed())
+        if params.repeat_penalty != 1.0 and params.repeat_last_n:
+            for token in self.tokens[-params.repeat_last_n:]:
+                sampler.accept(token)
+        return sampler
+
+    # -- chat --------------------------------------------------------------
+
+    def chat(self, message: str | Message | Sequence[Message], *, max_tokens: int = 256,
+             sampling: SamplingParams | None = None) -> str:
+        """Add message(s) (a str is a user message), generate the assistant's reply and return it."""
+        return "".join(self.chat_stream(message, max_tokens=max_tokens, sampling=sampling))
+
+    def chat_stream(self, message: str | Message | Sequence[Message], *, max_tokens: int = 256,
+                    sampling: SamplingParams | None = None) -> Iterator[str]:
+        """Like chat, yielding the reply as it is produced."""
+        new = _as_messages(message)
+        conversation = self.messages + new
+        ids = self.model.tokenize(self.model.apply_chat_template(conversation, add_generation_prompt=True))
+        suffix = self._reuse_prefix(ids)
+        run = _Run()
+        pieces = self._run(suffix, max_tokens, sampling, True, run)
+        self.messages = conversation
+        return self._record_reply(pieces)
+
+    def _record_reply(self, pieces: Iterator[str]) -> Iterator[str]:
+        reply = []
+        for piece in pieces:
+            reply.append(piece)
+            yield piece
+        self.messages.append({"role": "assistant", "content": "".join(reply)})
+
+    def _reuse_prefix(self, ids: np.ndarray) -> np.ndarray:
+        """Keep the cached tokens that start ``ids``, drop the rest; return the ids still to process."""
+        ctx = self._context()
+        held = self._tokens
+        n = 0
+        limit = min(len(held), len(ids))
+        while n < limit and held[n] == ids[n]:
+            n += 1
+        if n == len(ids):
+            n -= 1  # re-process the last token so its logits exist
+        if n < len(held):
+            ctx.seq_rm(0, n, -1)
+            del self._tokens[n:]
+        self._pending = []
+        return ids[n:]
+
+
+def _as_messages(message: str | Message | Sequence[Message]) -> list[Message]:
+    if isinstance(message, str):
+        if not message:
+            raise PromptError("message is empty")
+        return [{"role": "user", "content": message}]
+    if isinstance(message, dict):
+        return [message]
+    messages = list(message)
+    if not messages:
+        raise PromptError("no messages given")
+    return messages
