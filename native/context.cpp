@@ -13,7 +13,7 @@ using TokenArray = py::array_t<int32_t, py::array::c_style | py::array::forcecas
 
 std::unique_ptr<Context> create(const Model & model, uint32_t n_ctx, uint32_t n_batch, uint32_t n_ubatch,
                                 int32_t n_threads, int32_t n_threads_batch, int flash_attn,
-                                uint32_t n_seq_max) {
+                                uint32_t n_seq_max, bool swa_full) {
     llama_context_params params = llama_context_default_params();
     params.n_ctx = n_ctx;
     params.n_batch = n_batch;
@@ -23,6 +23,7 @@ std::unique_ptr<Context> create(const Model & model, uint32_t n_ctx, uint32_t n_
     params.n_threads_batch = n_threads_batch;
     params.flash_attn_type = (llama_flash_attn_type) flash_attn;
     params.no_perf = false;
+    params.swa_full = swa_full;
     auto out = std::make_unique<Context>();
     out->model = model.handle;
     if (!out->model) throw ClosedError("model is closed");
@@ -122,7 +123,8 @@ py::dict perf(const Context & self) {
 void bind_context(py::module_ & m) {
     py::class_<Context>(m, "Context")
         .def(py::init(&create), py::arg("model"), py::arg("n_ctx"), py::arg("n_batch"), py::arg("n_ubatch"),
-             py::arg("n_threads"), py::arg("n_threads_batch"), py::arg("flash_attn"), py::arg("n_seq_max") = 1)
+             py::arg("n_threads"), py::arg("n_threads_batch"), py::arg("flash_attn"), py::arg("n_seq_max") = 1,
+             py::arg("swa_full") = true)
         .def("close", &Context::free)
         .def_property_readonly("closed", [](const Context & s) { return s.ctx == nullptr; })
         .def_property_readonly("n_ctx", [](const Context & s) { return llama_n_ctx(s.get()); })

@@ -84,10 +84,13 @@ class Session:
     continue the text in it; ``chat`` formats messages with the model's chat
     template and keeps the conversation across turns, processing only the
     tokens a turn adds. ``exact`` defaults to the model's profile.
+    ``swa_full`` (llama.cpp's default) gives sliding-window layers a full-size
+    cache; False keeps only their window plus one batch of cells.
     """
 
     def __init__(self, model: Model, *, n_ctx: int | None = None, n_batch: int = 512, n_ubatch: int | None = None,
-                 n_threads: int | None = None, sampling: SamplingParams | None = None, exact: bool | None = None):
+                 n_threads: int | None = None, sampling: SamplingParams | None = None, exact: bool | None = None,
+                 swa_full: bool = True):
         info = model.info
         n_ctx = min(4096, info.n_ctx_train) if n_ctx is None else n_ctx
         n_ubatch = n_batch if n_ubatch is None else n_ubatch
@@ -102,7 +105,8 @@ class Session:
         self.sampling = sampling or SamplingParams()
         self.messages: list[Message] = []
         self._ctx = native.Context(model._handle(), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_ubatch,
-                                   n_threads=n_threads, n_threads_batch=n_threads, flash_attn=self.profile.flash_attn)
+                                   n_threads=n_threads, n_threads_batch=n_threads, flash_attn=self.profile.flash_attn,
+                                   swa_full=swa_full)
         self._tokens: list[int] = []  # tokens whose K/V are in the cache, positions 0..n-1
         self._pending: list[int] = []  # sampled but not yet decoded
         self._counters = _Counters()

