@@ -1,0 +1,183 @@
+"""The command line, run as a user runs it: the installed `pykvd` command in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import pykvd
+from pykvd import models
+
+PROMPT = "The three primary colors are"
+
+
+def pykvd_cli(*args: str, stdin: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pykvd", *args], input=stdin, capture_output=True, text=True,
+                          timeout=timeout, cwd="/")
+
+
+@pytest.fixture(scope="module")
+def smollm2_model():
+    with pykvd.Model("smollm2") as model:
+        yield model
+
+
+@pytest.fixture(scope="module")
+def not_a_gguf(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "notes.gguf"
+    path.write_text("this is not a model\n" * 10)
+    return path
+
+
+@pytest.fixture(scope="module")
+def truncated_gguf(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "cut.gguf"
+    with open(models.fetch("smollm2"), "rb") as src:
+        path.write_bytes(src.read(3_000_000))
+    return path
+
+
+@pytest.fixture(scope="module")
+def unknown_arch_gguf(tmp_path_factory):
+    gguf = pytest.importorskip("gguf")
+    path = tmp_path_factory.mktemp("cli") / "alien.gguf"
+    writer = gguf.GGUFWriter(str(path), "notarealarch")
+    writer.add_tensor("token_embd.weight", np.zeros((8, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_run_prints_only_the_generated_text(smollm2_model):
+    result = pykvd_cli("run", "-p", PROMPT, "-n", "12")
+    assert result.returncode == 0, result.stderr
+    with smollm2_model.session() as session:
+        expected = session.generate(PROMPT, max_tokens=12).text
+    assert result.stdout == expected + "\n"
+
+
+def test_run_stats_go_to_stderr_and_leave_stdout_alone(smollm2_model):
+    plain = pykvd_cli("run", "smollm2", "-p", PROMPT, "-n", "8")
+    with_stats = pykvd_cli("run", "smollm2", "-p", PROMPT, "-n", "8", "--stats")
+    assert with_stats.returncode == 0, with_stats.stderr
+    assert with_stats.stdout == plain.stdout
+    assert "tok/s" in with_stats.stderr and "KV buffer" in with_stats.stderr and "RSS" in with_stats.stderr
+
+
+def test_run_accepts_a_gguf_path_and_a_seeded_sampler():
+    path = str(models.fetch("smollm2"))
+    args = ["run", path, "-p", PROMPT, "-n", "10", "--temp", "0.9", "--top-k", "20", "--seed", "7"]
+    first, second = pykvd_cli(*args), pykvd_cli(*args)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == second.stdout and first.stdout.strip()
+
+
+def test_run_reads_the_prompt_from_stdin(smollm2_model):
+    from_arg = pykvd_cli("run", "-p", PROMPT, "-n", "6")
+    from_stdin = pykvd_cli("run", "-p", "-", "-n", "6", stdin=PROMPT)
+    assert from_stdin.returncode == 0, from_stdin.stderr
+    assert from_stdin.stdout == from_arg.stdout
+
+
+def test_run_gemma3_by_name():
+    result = pykvd_cli("run", "gemma3", "-p", "The sky is", "-n", "6")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip()
+
+
+def test_chat_keeps_the_conversation(smollm2_model):
+    turns = ["What is the capital of France?", "And of Italy?"]
+    result = pykvd_cli("chat", "-n", "24", stdin="\n".join(turns) + "\n")
+    assert result.returncode == 0, result.stderr
+    with smollm2_model.session() as session:
+        expected = [session.chat(turn, max_tokens=24) for turn in turns]
+    assert result.stdout == "".join(reply + "\n" for reply in expected)
+
+
+def test_chat_stats_show_memory_per_turn():
+    result = pykvd_cli("chat", "-n", "8", "--stats", stdin="Hi\nHello again\n")
+    assert result.returncode == 0, result.stderr
+    assert "turn 1" in result.stderr and "turn 2" in result.stderr and "KV buffer" in result.stderr
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("smollm2", {"architecture": "llama", "full F16 KV, all layers": 23040, "one F32 residual": 2304,
+                 "F32 residuals at every layer": 69120, "token id": 4}),
+    ("gemma3", {"architecture": "gemma3", "full F16 KV, all layers": 18432, "one F32 residual": 2560,
+                "F32 residuals at every layer": 46080, "token id": 4}),
+])
+def test_info_state_table(name, expected):
+    result = pykvd_cli("info", name, "--json", "--measure-ctx", "2048")
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["architecture"] == expected.pop("architecture")
+    assert info["state_per_token_bytes"] == expected
+    # The allocator agrees with the formula when every layer keeps every token.
+    measured = info["measured_kv_buffer"]
+    assert measured["bytes"] == 2048 * expected["full F16 KV, all layers"]
+    if info["swa_layers"]:
+        assert measured["bytes_swa_window_only"] < measured["bytes"]
+
+
+def test_info_prints_a_table():
+    result = pykvd_cli("info", "smollm2", "--measure-ctx", "128")
+    assert result.returncode == 0, result.stderr
+    for row in ("full F16 KV, all layers", "one F32 residual", "F32 residuals at every layer", "token id"):
+        assert row in result.stdout
+    assert "23040" in result.stdout
+
+
+def test_models_list_and_fetch():
+    listed = pykvd_cli("models", "list")
+    assert listed.returncode == 0
+    assert "smollm2" in listed.stdout and "gemma3" in listed.stdout
+    fetched = pykvd_cli("models", "fetch", "smollm2")
+    assert fetched.returncode == 0, fetched.stderr
+    assert fetched.stdout.strip() == str(models.fetch("smollm2"))
+
+
+def test_paths_point_at_installed_files():
+    for what in ("lib", "include", "reference"):
+        result = pykvd_cli("paths", what)
+        assert result.returncode == 0
+        assert shutil.os.path.exists(result.stdout.strip())
+
+
+def bad_input_cases(not_a_gguf, truncated_gguf, unknown_arch_gguf):
+    long_prompt = "word " * 400
+    return {
+        "missing path": ["run", "/no/such/model.gguf", "-p", "hi"],
+        "not a GGUF": ["run", str(not_a_gguf), "-p", "hi"],
+        "truncated GGUF": ["run", str(truncated_gguf), "-p", "hi"],
+        "unknown architecture": ["run", str(unknown_arch_gguf), "-p", "hi"],
+        "prompt longer than the context": ["run", "-p", long_prompt, "-c", "64"],
+        "empty prompt": ["run", "-p", ""],
+        "negative temperature": ["run", "-p", "hi", "--temp", "-1"],
+        "top-p above one": ["run", "-p", "hi", "--temp", "0.5", "--top-p", "1.5"],
+        "negative seed": ["run", "-p", "hi", "--seed", "-3"],
+        "zero context": ["run", "-p", "hi", "-c", "0"],
+        "negative token count": ["run", "-p", "hi", "-n", "-1"],
+        "info on a missing file": ["info", "/no/such/model.gguf"],
+    }
+
+
+def test_bad_input_is_a_one_line_error_with_exit_code_2(not_a_gguf, truncated_gguf, unknown_arch_gguf):
+    for case, args in bad_input_cases(not_a_gguf, truncated_gguf, unknown_arch_gguf).items():
+        result = pykvd_cli(*args)
+        assert result.returncode == 2, (case, result.returncode, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("pykvd: error: "), (case, result.stderr)
+        assert result.stdout.strip() == "", case
+
+
+def test_unparsable_option_exits_2():
+    result = pykvd_cli("run", "-p", "hi", "--temp", "warm")
+    assert result.returncode == 2
+    assert "invalid float value" in result.stderr
