@@ -161,6 +161,8 @@ void bind_model(py::module_ & m) {
         .def(py::init(&load), py::arg("path"), py::arg("n_gpu_layers") = 0, py::arg("use_mmap") = true,
              py::arg("use_extra_bufts") = false)
         .def("close", [](Model & self) { self.handle.reset(); })
+        .def("share", [](const Model & self) { self.get(); return Model{self.handle}; },
+             "Another reference to the same weights, closed independently.")
         .def_property_readonly("closed", [](const Model & self) { return !self.handle; })
         .def_property_readonly("n_layer", [](const Model & s) { return llama_model_n_layer(s.get().model); })
         .def_property_readonly("n_embd", [](const Model & s) { return llama_model_n_embd(s.get().model); })

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,8 @@ from .gguf_file import read_header
 from .profile import RuntimeProfile
 
 Message = dict  # {"role": ..., "content": ...}
+
+LLAMA_MAX_LAYERS = 512  # llama.cpp aborts (GGML_ASSERT) on a block count outside [1, LLAMA_MAX_LAYERS]
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,9 @@ class Model:
             raise InvalidModelError(f"{self.path}: GGUF has no general.architecture")
         if not native.arch_known(arch):
             raise UnsupportedArchitectureError(f"{self.path}: llama.cpp cannot run architecture {arch!r}")
+        n_layer = header.metadata.get(f"{arch}.block_count")
+        if isinstance(n_layer, int) and not 1 <= n_layer <= LLAMA_MAX_LAYERS:
+            raise InvalidModelError(f"{self.path}: implausible {arch}.block_count {n_layer}")
         self.profile = RuntimeProfile.of(exact)
         self._native = native.Model(str(self.path), n_gpu_layers=n_gpu_layers, use_mmap=use_mmap,
                                     use_extra_bufts=self.profile.extra_bufts)
@@ -105,6 +111,12 @@ class Model:
         """Release this handle on the weights; sessions still open keep them alive until they close."""
         self._native.close()
 
+    def _share(self) -> Model:
+        """A private view of this model for a session: it keeps the weights usable until it is closed."""
+        view = copy.copy(self)
+        view._native = self._handle().share()  # its own reference to the same weights
+        return view
+
     def __enter__(self) -> Model:
         return self
 
@@ -112,7 +124,7 @@ class Model:
         self.close()
 
     def _handle(self):
-        if self._native.closed:
+        if self.closed:
             raise SessionClosedError("model is closed")
         return self._native
 
@@ -122,6 +134,10 @@ class Model:
         """Token ids (int32) of text; add_special adds BOS where the model wants it."""
         if not isinstance(text, str):
             raise PromptError(f"text must be str, not {type(text).__name__}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise PromptError(f"text cannot be encoded as UTF-8: {exc.reason}") from None
         return self._handle().tokenize(text, add_special, parse_special)
 
     def detokenize(self, tokens: Sequence[int] | np.ndarray, *, special: bool = False) -> str:

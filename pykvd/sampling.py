@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from .errors import SamplingError
 
+_MAX_INT32 = 2**31 - 1  # top_k and repeat_last_n are int32 in llama.cpp
 _MAX_SEED = 2**32 - 2  # 0xFFFFFFFF means "random" to llama.cpp, so it is not a valid fixed seed
 
 
@@ -30,11 +31,13 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         _check(_finite(self.temperature) and self.temperature >= 0, "temperature must be a finite number >= 0")
-        _check(_integer(self.top_k) and self.top_k >= 0, "top_k must be an integer >= 0 (0 disables it)")
+        _check(_integer(self.top_k) and 0 <= self.top_k <= _MAX_INT32,
+               "top_k must be an integer >= 0 (0 disables it) below 2**31")
         _check(_finite(self.top_p) and 0 < self.top_p <= 1, "top_p must be in (0, 1]")
         _check(_finite(self.min_p) and 0 <= self.min_p <= 1, "min_p must be in [0, 1]")
         _check(_finite(self.repeat_penalty) and self.repeat_penalty > 0, "repeat_penalty must be > 0")
-        _check(_integer(self.repeat_last_n) and self.repeat_last_n >= 0, "repeat_last_n must be an integer >= 0")
+        _check(_integer(self.repeat_last_n) and 0 <= self.repeat_last_n <= _MAX_INT32,
+               "repeat_last_n must be an integer >= 0 below 2**31")
         _check(
             self.seed is None or (_integer(self.seed) and 0 <= self.seed <= _MAX_SEED),
             f"seed must be an integer in [0, {_MAX_SEED}] or None",

@@ -21,6 +21,8 @@ FINISH_STOP = "stop"  # the model produced an end-of-generation token
 FINISH_LENGTH = "length"  # max_tokens reached
 FINISH_CONTEXT = "context"  # the context is full
 
+_MAX_INT32 = 2**31 - 1
+
 
 @dataclass
 class SessionStats:
@@ -96,17 +98,23 @@ class Session:
         n_ubatch = n_batch if n_ubatch is None else n_ubatch
         n_threads = n_threads or os.cpu_count() or 4
         for name, value in (("n_ctx", n_ctx), ("n_batch", n_batch), ("n_ubatch", n_ubatch), ("n_threads", n_threads)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, not {value!r}")
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= _MAX_INT32:
+                raise ValueError(f"{name} must be a positive integer below 2**31, not {value!r}")
         if n_ubatch > n_batch:
             raise ValueError("n_ubatch cannot exceed n_batch")
         self.model = model
+        # The session's own view of the weights, usable even after model.close().
+        self._model = model._share()
         self.profile = model.profile if exact is None else RuntimeProfile.of(exact)
         self.sampling = sampling or SamplingParams()
         self.messages: list[Message] = []
-        self._ctx = native.Context(model._handle(), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_ubatch,
-                                   n_threads=n_threads, n_threads_batch=n_threads, flash_attn=self.profile.flash_attn,
-                                   swa_full=swa_full)
+        try:
+            self._ctx = native.Context(self._model._handle(), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_ubatch,
+                                       n_threads=n_threads, n_threads_batch=n_threads,
+                                       flash_attn=self.profile.flash_attn, swa_full=swa_full)
+        except BaseException:
+            self._model.close()
+            raise
         self._tokens: list[int] = []  # tokens whose K/V are in the cache, positions 0..n-1
         self._pending: list[int] = []  # sampled but not yet decoded
         self._counters = _Counters()
@@ -119,6 +127,7 @@ class Session:
 
     def close(self) -> None:
         self._ctx.close()
+        self._model.close()
 
     def __enter__(self) -> Session:
         return self
@@ -177,9 +186,9 @@ class Session:
             if not prompt:
                 raise PromptError("prompt is empty")
             # BOS belongs only at the very start of the context.
-            ids = self.model.tokenize(prompt, add_special=not self.tokens)
+            ids = self._model.tokenize(prompt, add_special=not self.tokens)
         else:
-            ids = self.model.check_tokens(prompt)
+            ids = self._model.check_tokens(prompt)
         if ids.size == 0:
             raise PromptError("prompt has no tokens")
         return ids
@@ -223,24 +232,29 @@ class Session:
     def _run(self, prompt, max_tokens: int, sampling: SamplingParams | None, stop_at_eog: bool,
              run: _Run) -> Iterator[str]:
         # Validate everything before any state changes, so bad input loses nothing.
-        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 0:
-            raise ValueError(f"max_tokens must be an integer >= 0, not {max_tokens!r}")
-        params = sampling or self.sampling
-        if not isinstance(params, SamplingParams):
-            raise TypeError("sampling must be a pykvd.SamplingParams")
+        params = self._check_run_args(max_tokens, sampling)
         ids = None if prompt is None else self._prompt_ids(prompt)
         if ids is None and self._pending:
             ids = np.zeros(0, dtype=np.int32)  # decode the pending token first
-        if ids is None and self._context().n_outputs == 0:
+        if ids is None and (not self._tokens or self._context().n_outputs == 0):
+            # Fresh or reset session: the context's last logits, if any, belong to forgotten tokens.
             raise PromptError("nothing to continue from: give a prompt")
         if ids is not None:
             run.n_prompt_tokens = len(ids) + len(self._pending)
             run.prefill_s = self._prefill(ids)
         return self._decode_loop(max_tokens, params, stop_at_eog, run)
 
+    def _check_run_args(self, max_tokens: int, sampling: SamplingParams | None) -> SamplingParams:
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 0:
+            raise ValueError(f"max_tokens must be an integer >= 0, not {max_tokens!r}")
+        params = sampling or self.sampling
+        if not isinstance(params, SamplingParams):
+            raise TypeError("sampling must be a pykvd.SamplingParams")
+        return params
+
     def _decode_loop(self, max_tokens: int, params: SamplingParams, stop_at_eog: bool,
                      run: _Run) -> Iterator[str]:
-        ctx, model = self._context(), self.model
+        ctx, model = self._context(), self._model
         sampler = self._sampler(params)
         utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
         start = time.perf_counter()
@@ -273,7 +287,7 @@ class Session:
             self._counters.decode_s += run.decode_s
 
     def _sampler(self, params: SamplingParams):
-        sampler = native.Sampler(self.model._handle(), temperature=params.temperature, top_k=params.top_k,
+        sampler = native.Sampler(self._model._handle(), temperature=params.temperature, top_k=params.top_k,
                                  top_p=params.top_p, min_p=params.min_p, repeat_penalty=params.repeat_penalty,
                                  repeat_last_n=params.repeat_last_n, seed=params.resolved_seed())
         if params.repeat_penalty != 1.0 and params.repeat_last_n:
@@ -291,9 +305,11 @@ class Session:
     def chat_stream(self, message: str | Message | Sequence[Message], *, max_tokens: int = 256,
                     sampling: SamplingParams | None = None) -> Iterator[str]:
         """Like chat, yielding the reply as it is produced."""
+        self._context()
         new = _as_messages(message)
         conversation = self.messages + new
-        ids = self.model.tokenize(self.model.apply_chat_template(conversation, add_generation_prompt=True))
+        self._check_run_args(max_tokens, sampling)  # before _reuse_prefix changes the cache
+        ids = self._model.tokenize(self._model.apply_chat_template(conversation, add_generation_prompt=True))
         suffix = self._reuse_prefix(ids)
         run = _Run()
         pieces = self._run(suffix, max_tokens, sampling, True, run)
@@ -310,6 +326,8 @@ class Session:
     def _reuse_prefix(self, ids: np.ndarray) -> np.ndarray:
         """Keep the cached tokens that start ``ids``, drop the rest; return the ids still to process."""
         ctx = self._context()
+        if len(ids) > ctx.n_ctx:
+            raise ContextOverflowError(f"the conversation has {len(ids)} tokens, the context holds {ctx.n_ctx}")
         held = self._tokens
         n = 0
         limit = min(len(held), len(ids))

