@@ -42,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     source = run.add_mutually_exclusive_group(required=True)
     source.add_argument("-p", "--prompt", help="the prompt ('-' reads it from stdin)")
     source.add_argument("-f", "--file", help="read the prompt from this file")
-    run.add_argument("--chat-template", action="store_true", help="wrap the prompt as a user message in the chat template")
+    run.add_argument("--chat", action="store_true", help="wrap the prompt as a user message in the chat template")
     _generation_args(run)
     run.set_defaults(handler=_cmd_run)
 
@@ -97,6 +97,8 @@ def _generation_args(parser: argparse.ArgumentParser, *, default_tokens: int = 1
     c.add_argument("-c", "--ctx-size", type=int, default=None, metavar="N", help="context size in tokens (default: min(4096, trained))")
     c.add_argument("-b", "--batch-size", type=int, default=512, metavar="N")
     c.add_argument("-t", "--threads", type=int, default=None, metavar="N")
+    c.add_argument("--chat-template", metavar="TEMPLATE", default=None,
+                   help="chat template to use instead of the GGUF's: a llama.cpp built-in name (gemma, chatml, ...)")
     c.add_argument("--fast", action="store_true",
                    help="let llama.cpp pick its fastest kernels (flash attention, repacked weights); not bit-exact")
     c.add_argument("--stats", action="store_true", help="print timings and memory to stderr")
@@ -114,7 +116,8 @@ def _load(args):
     from .model import Model
 
     native.set_log_to_stderr(getattr(args, "verbose", False))
-    return Model(args.model, exact=not getattr(args, "fast", False), progress=_progress)
+    return Model(args.model, exact=not getattr(args, "fast", False),
+                 chat_template=getattr(args, "chat_template", None), progress=_progress)
 
 
 def _sampling(args):
@@ -152,7 +155,7 @@ def _cmd_run(args) -> int:
     prompt = _read_prompt(args)
     sampling = _sampling(args)  # validate before loading anything
     with _load(args) as model, _session(model, args) as session:
-        if args.chat_template:
+        if args.chat:
             prompt = model.apply_chat_template([{"role": "user", "content": prompt}])
         _write_stream(session.stream(prompt, max_tokens=args.n_predict, sampling=sampling,
                                      stop_at_eog=not args.ignore_eos))
@@ -175,7 +178,8 @@ def _cmd_chat(args) -> int:
     sampling = _sampling(args)
     with _load(args) as model, _session(model, args) as session:
         if model.chat_template is None:
-            raise PykvdError(f"{model.path} has no chat template")
+            raise PykvdError(f"{model.path.name} has no chat template: pass --chat-template NAME "
+                             "(a llama.cpp built-in such as gemma or chatml)")
         pending_system = [{"role": "system", "content": args.system}] if args.system else []
         if interactive:
             print("pykvd chat: /reset starts over, /stats shows memory, /quit or Ctrl-D ends.", file=sys.stderr)

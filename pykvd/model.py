@@ -72,11 +72,14 @@ class Model:
     ``model`` is a path to a GGUF file or the name of a fetchable model
     ("smollm2", "gemma3"). ``exact=True`` (default) loads weights without
     repacking, part of the bit-exact profile; ``exact=False`` lets llama.cpp
-    repack them for speed. Use as a context manager, or call close().
+    repack them for speed. ``chat_template`` replaces the GGUF's own template
+    (a Jinja-style template or a llama.cpp built-in name such as "gemma" or
+    "chatml"); it is needed for GGUFs that carry none. Use as a context
+    manager, or call close().
     """
 
     def __init__(self, model: str | os.PathLike[str], *, exact: bool = True, n_gpu_layers: int = 0,
-                 use_mmap: bool = True, progress=None):
+                 use_mmap: bool = True, chat_template: str | None = None, progress=None):
         self.path = _models.resolve(model, progress=progress)
         header = read_header(self.path)
         arch = header.architecture
@@ -88,6 +91,7 @@ class Model:
         if isinstance(n_layer, int) and not 1 <= n_layer <= LLAMA_MAX_LAYERS:
             raise InvalidModelError(f"{self.path}: implausible {arch}.block_count {n_layer}")
         self.profile = RuntimeProfile.of(exact)
+        self._chat_template = chat_template
         self._native = native.Model(str(self.path), n_gpu_layers=n_gpu_layers, use_mmap=use_mmap,
                                     use_extra_bufts=self.profile.extra_bufts)
         self.info = self._read_info(arch, header.metadata.get("general.name", ""))
@@ -169,7 +173,8 @@ class Model:
 
     @property
     def chat_template(self) -> str | None:
-        return self._handle().chat_template()
+        """The template chat uses: the one given to the constructor, else the GGUF's (None if it has none)."""
+        return self._chat_template or self._handle().chat_template()
 
     def apply_chat_template(self, messages: Sequence[Message], *, add_generation_prompt: bool = True,
                             template: str | None = None) -> str:
@@ -179,6 +184,10 @@ class Model:
             if not isinstance(message, dict) or not {"role", "content"} <= message.keys():
                 raise PromptError("each message must be a dict with 'role' and 'content'")
             pairs.append((str(message["role"]), str(message["content"])))
+        template = template or self._chat_template
+        if template is None and self._handle().chat_template() is None:
+            raise PromptError(f"{self.path.name} has no chat template: pass chat_template= "
+                              "(a llama.cpp built-in name such as 'gemma' or 'chatml', or a template)")
         try:
             return self._handle().apply_chat_template(template, pairs, add_generation_prompt)
         except ValueError as exc:

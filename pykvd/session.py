@@ -96,7 +96,7 @@ class Session:
         info = model.info
         n_ctx = min(4096, info.n_ctx_train) if n_ctx is None else n_ctx
         n_ubatch = n_batch if n_ubatch is None else n_ubatch
-        n_threads = n_threads or os.cpu_count() or 4
+        n_threads = n_threads or _usable_cpus()
         for name, value in (("n_ctx", n_ctx), ("n_batch", n_batch), ("n_ubatch", n_ubatch), ("n_threads", n_threads)):
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= _MAX_INT32:
                 raise ValueError(f"{name} must be a positive integer below 2**31, not {value!r}")
@@ -255,6 +255,7 @@ class Session:
     def _decode_loop(self, max_tokens: int, params: SamplingParams, stop_at_eog: bool,
                      run: _Run) -> Iterator[str]:
         ctx, model = self._context(), self._model
+        native_model = model._handle()  # sampled ids are always in the vocabulary: skip re-validation
         sampler = self._sampler(params)
         utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
         start = time.perf_counter()
@@ -267,7 +268,7 @@ class Session:
                 run.tokens.append(token)
                 self._counters.n_generated += 1
                 self._pending = [token]
-                text = utf8.decode(model.token_to_bytes(token))
+                text = utf8.decode(native_model.token_to_piece(token, False))
                 if text:
                     yield text
                 if len(run.tokens) == max_tokens:
@@ -340,6 +341,14 @@ class Session:
             del self._tokens[n:]
         self._pending = []
         return ids[n:]
+
+
+def _usable_cpus() -> int:
+    """CPUs this process may run on (respects affinity and container CPU sets, unlike os.cpu_count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 4
 
 
 def _as_messages(message: str | Message | Sequence[Message]) -> list[Message]:

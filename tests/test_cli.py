@@ -181,3 +181,12 @@ def test_unparsable_option_exits_2():
     result = pykvd_cli("run", "-p", "hi", "--temp", "warm")
     assert result.returncode == 2
     assert "invalid float value" in result.stderr
+
+
+def test_chat_needs_a_template_for_a_gguf_without_one():
+    refused = pykvd_cli("chat", "gemma3", "-n", "4", stdin="Hello\n")
+    assert refused.returncode == 2
+    assert "no chat template" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    with_builtin = pykvd_cli("chat", "gemma3", "-n", "4", "--chat-template", "gemma", stdin="Hello\n")
+    assert with_builtin.returncode == 0, with_builtin.stderr
+    assert with_builtin.stdout.strip()

@@ -258,3 +258,12 @@ def test_closing_sessions_does_not_close_the_model(smollm2):
     session.close()
     assert not smollm2.closed
     assert smollm2.tokenize("Hi").size > 0
+
+
+def test_chat_template_override_enables_chat_on_gemma3(gemma3_path):
+    with pykvd.Model(gemma3_path, chat_template="gemma") as model:
+        assert model.chat_template == "gemma"
+        with model.session(n_ctx=512, n_threads=1) as session:
+            session.chat("Hello", max_tokens=4)
+            assert [m["role"] for m in session.messages] == ["user", "assistant"]
+            assert "<start_of_turn>" in model.detokenize(session.tokens, special=True)

@@ -105,13 +105,14 @@ int main(int argc, char ** argv) {
 
     struct llama_sampler * greedy = llama_sampler_init_greedy();
     llama_token * out = malloc(sizeof(llama_token) * (o.n_predict + 1));
-    int n_out = 0;
+    int n_out = 0, n_steps = 0;
     while (n_out < o.n_predict) {
         llama_token t = llama_sampler_sample(greedy, ctx, -1);
         if (!o.ignore_eos && llama_vocab_is_eog(vocab, t)) break;
         out[n_out++] = t;
         if (n_out == o.n_predict) break;
         if (llama_decode(ctx, llama_batch_get_one(&t, 1))) { fprintf(stderr, "decode failed\n"); return 1; }
+        ++n_steps;
     }
     const double t2 = now_s();
 
@@ -119,8 +120,7 @@ int main(int argc, char ** argv) {
     print_tokens("prompt_tokens", prompt, n_prompt);
     printf(", ");
     print_tokens("tokens", out, n_out);
-    printf(", \"prefill_s\": %.6f, \"decode_s\": %.6f, \"n_decode_steps\": %d}\n", t1 - t0, t2 - t1,
-           n_out > 0 ? n_out - 1 : 0);
+    printf(", \"prefill_s\": %.6f, \"decode_s\": %.6f, \"n_decode_steps\": %d}\n", t1 - t0, t2 - t1, n_steps);
 
     llama_sampler_free(greedy);
     free(out);
