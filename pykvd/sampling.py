@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import secrets
 from dataclasses import dataclass
 
@@ -52,11 +53,12 @@ class SamplingParams:
 
 
 def _finite(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _integer(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
+    # numbers.Integral admits numpy integers too.
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
 def _check(ok: bool, message: str) -> None:

@@ -26,7 +26,8 @@ _MAX_INT32 = 2**31 - 1
 
 @dataclass
 class SessionStats:
-    """Counters and timings of a session, and memory read from llama.cpp's allocator and the OS."""
+    """Counters and timings of a session (cumulative since it was created, across reset()),
+    and memory read now from llama.cpp's allocator and the OS."""
 
     n_ctx: int
     n_tokens: int  # tokens whose K/V are in the cache now
@@ -96,7 +97,7 @@ class Session:
         info = model.info
         n_ctx = min(4096, info.n_ctx_train) if n_ctx is None else n_ctx
         n_ubatch = n_batch if n_ubatch is None else n_ubatch
-        n_threads = n_threads or _usable_cpus()
+        n_threads = _usable_cpus() if n_threads is None else n_threads
         for name, value in (("n_ctx", n_ctx), ("n_batch", n_batch), ("n_ubatch", n_ubatch), ("n_threads", n_threads)):
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= _MAX_INT32:
                 raise ValueError(f"{name} must be a positive integer below 2**31, not {value!r}")
@@ -159,7 +160,10 @@ class Session:
 
     def logits(self) -> np.ndarray:
         """Logits (float32, n_vocab) for the next token after the last processed one."""
-        return self._context().logits(-1)
+        ctx = self._context()
+        if not self._tokens or ctx.n_outputs == 0:
+            raise PromptError("no logits yet: feed a prompt first")
+        return ctx.logits(-1)
 
     @property
     def stats(self) -> SessionStats:
@@ -226,7 +230,11 @@ class Session:
 
     def stream(self, prompt: str | Sequence[int] | np.ndarray | None = None, *, max_tokens: int = 128,
                sampling: SamplingParams | None = None, stop_at_eog: bool = True) -> Iterator[str]:
-        """Like generate, yielding text as it is produced (whole UTF-8 characters only)."""
+        """Like generate, yielding text as it is produced (whole UTF-8 characters only).
+
+        The prompt is validated and processed when stream() is called; tokens are
+        generated as the iterator is consumed.
+        """
         return self._run(prompt, max_tokens, sampling, stop_at_eog, _Run())
 
     def _run(self, prompt, max_tokens: int, sampling: SamplingParams | None, stop_at_eog: bool,
@@ -288,9 +296,10 @@ class Session:
             self._counters.decode_s += run.decode_s
 
     def _sampler(self, params: SamplingParams):
-        sampler = native.Sampler(self._model._handle(), temperature=params.temperature, top_k=params.top_k,
-                                 top_p=params.top_p, min_p=params.min_p, repeat_penalty=params.repeat_penalty,
-                                 repeat_last_n=params.repeat_last_n, seed=params.resolved_seed())
+        sampler = native.Sampler(self._model._handle(), temperature=float(params.temperature),
+                                 top_k=int(params.top_k), top_p=float(params.top_p), min_p=float(params.min_p),
+                                 repeat_penalty=float(params.repeat_penalty),
+                                 repeat_last_n=int(params.repeat_last_n), seed=int(params.resolved_seed()))
         if params.repeat_penalty != 1.0 and params.repeat_last_n:
             for token in self.tokens[-params.repeat_last_n:]:
                 sampler.accept(token)

@@ -442,6 +442,18 @@ def test_good_sampler_edge_values():
     SamplingParams(temperature=2, top_k=2**31 - 1, top_p=1e-9, min_p=1.0, seed=0)
 
 
+def test_numpy_numbers_are_valid_sampler_values(tiny_llama):
+    params = SamplingParams(temperature=np.float32(0.7), top_k=np.int64(5), seed=np.uint32(3))
+    with open_session(tiny_llama) as session:
+        assert len(session.generate(PROMPT, max_tokens=3, sampling=params, stop_at_eog=False).tokens) == 3
+
+
+def test_logits_before_any_prompt(tiny_llama):
+    with open_session(tiny_llama) as session:
+        with pytest.raises(PromptError):
+            session.logits()
+
+
 def test_sampling_must_be_sampling_params(fed):
     with pytest.raises(TypeError):
         fed.generate(max_tokens=2, sampling={"temperature": 0.5})
@@ -466,6 +478,7 @@ def test_sampling_must_be_sampling_params(fed):
     {"n_ubatch": 0},
     {"n_batch": 8, "n_ubatch": 16},
     {"n_threads": -2},
+    {"n_threads": 0},
 ], ids=lambda kwargs: ",".join(f"{k}={v!r}" for k, v in kwargs.items()))
 def test_bad_session_arguments(tiny_llama, kwargs):
     with pytest.raises(ValueError):
