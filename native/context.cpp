@@ -3,6 +3,9 @@
 
 #include "llama-kvd.h"
 
+#include <pybind11/stl.h>
+
+#include <algorithm>
 #include <vector>
 
 namespace pykvd {
@@ -51,6 +54,13 @@ int32_t decode(Context & self, const int32_t * tokens, int32_t n, llama_pos pos0
         seq_ptr[i] = &seq_storage[i];
     }
     if (outputs == 1 && n > 0) want[n - 1] = 1;
+    // h^(n_layer) exists only for output rows; llama.cpp asserts if asked for it otherwise.
+    const int32_t n_layer = llama_model_n_layer(self.model->model);
+    for (int32_t il : self.capture_layers) {
+        if (il == n_layer && outputs != 2 && n > 1) {
+            throw py::value_error("capturing h^(n_layer) needs outputs for every token of the batch");
+        }
+    }
     llama_batch batch{n, const_cast<int32_t *>(tokens), nullptr, pos.data(), n_seq.data(), seq_ptr.data(),
                       want.data()};
     int32_t rc;
@@ -62,8 +72,10 @@ int32_t decode(Context & self, const int32_t * tokens, int32_t n, llama_pos pos0
     }
     if (rc == 0) {
         self.n_outputs = outputs == 2 ? n : (outputs == 1 ? 1 : 0);
+        self.n_captured = self.capture_layers.empty() ? 0 : n;
         return rc;
     }
+    self.n_captured = 0;
     if (rc == 1) throw NoRoomError("no free KV cells for the batch (context is full)");
     throw DecodeError("llama_decode failed with code " + std::to_string(rc) + "\n" + recent_log());
 }
@@ -96,6 +108,34 @@ py::array_t<float> logits_all(Context & self) {
     py::array_t<float> out({(py::ssize_t) self.n_outputs, (py::ssize_t) n_vocab});
     std::memcpy(out.mutable_data(), rows, sizeof(float) * (size_t) self.n_outputs * n_vocab);
     return out;
+}
+
+void set_capture(Context & self, const std::vector<int32_t> & layers) {
+    llama_context * ctx = self.get();
+    const int32_t n_layer = llama_model_n_layer(self.model->model);
+    for (int32_t il : layers) {
+        if (il < 0 || il > n_layer) {
+            throw py::index_error("layer " + std::to_string(il) + " is outside [0, " + std::to_string(n_layer) + "]");
+        }
+    }
+    for (int32_t il = 0; il <= n_layer; ++il) {
+        const bool on = std::find(layers.begin(), layers.end(), il) != layers.end();
+        llama_kvd_capture_layer(ctx, il, on);
+    }
+    self.capture_layers = layers;
+    self.n_captured = 0;
+}
+
+py::array_t<float> captured(Context & self, int32_t il) {
+    llama_context * ctx = self.get();
+    if (std::find(self.capture_layers.begin(), self.capture_layers.end(), il) == self.capture_layers.end()) {
+        throw py::value_error("layer " + std::to_string(il) + " is not being captured");
+    }
+    if (self.n_captured == 0) throw py::value_error("no batch has been decoded since the capture was set");
+    const float * rows = llama_kvd_captured(ctx, il);
+    if (rows == nullptr) throw DecodeError("llama.cpp has no captured residuals for layer " + std::to_string(il));
+    const int32_t n_embd = llama_model_n_embd(self.model->model);
+    return py::array_t<float>({(py::ssize_t) self.n_captured, (py::ssize_t) n_embd}, rows);
 }
 
 py::dict memory(const Context & self) {
@@ -138,6 +178,10 @@ void bind_context(py::module_ & m) {
             s.get();
             return decode(s, &token, 1, pos, seq, 1);
         }, py::arg("token"), py::arg("pos"), py::arg("seq_id") = 0)
+        .def("set_capture", &set_capture, py::arg("layers"),
+             "Capture the residual h^(l) of every decoded token for these layers (empty list: none).")
+        .def("captured", &captured, py::arg("layer"),
+             "The residuals of a captured layer from the last decode: float32 [n_tokens, n_embd].")
         .def("logits", &logits_row, py::arg("row") = -1)
         .def("logits_all", &logits_all)
         .def("memory", &memory, "Bytes allocated for model weights, the KV cache and compute buffers.")

@@ -10,6 +10,7 @@
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "llama.h"
 
@@ -53,6 +54,8 @@ struct Context {
     std::shared_ptr<ModelHandle> model;
     llama_context * ctx = nullptr;
     int32_t n_outputs = 0;  // logits rows produced by the last decode
+    std::vector<int32_t> capture_layers;  // residual layers captured at each decode (P1)
+    int32_t n_captured = 0;               // rows captured by the last decode (0: none yet)
     std::mutex lock;
     ~Context() { free(); }
     void free() {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import contextlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -11,7 +12,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from ._llama import native
-from .errors import ContextOverflowError, PromptError, SessionClosedError
+from .errors import ContextOverflowError, PromptError, SessionClosedError, UnsupportedArchitectureError
 from .memory import rss_bytes
 from .model import Message, Model
 from .profile import RuntimeProfile
@@ -20,6 +21,9 @@ from .sampling import SamplingParams
 FINISH_STOP = "stop"  # the model produced an end-of-generation token
 FINISH_LENGTH = "length"  # max_tokens reached
 FINISH_CONTEXT = "context"  # the context is full
+
+# Architectures whose graphs expose every layer's input to llama.cpp's capture (patches/0002).
+CAPTURE_ARCHITECTURES = frozenset({"llama", "qwen2", "qwen3", "gemma3", "phi3"})
 
 _MAX_INT32 = 2**31 - 1
 
@@ -58,6 +62,34 @@ class Generation:
     n_prompt_tokens: int
     prefill_s: float
     decode_s: float
+
+
+class ResidualCapture:
+    """Residual-stream vectors h^(l) captured while a session decodes.
+
+    ``residuals[l]`` is float32 [n_tokens, n_embd]: the input of layer l (l = n_layer:
+    the output of the last layer) of every token processed inside the capture, in order;
+    ``positions`` gives each row's position in the sequence.
+    """
+
+    def __init__(self, layers: Sequence[int]):
+        self.layers = tuple(layers)
+        self._rows: dict[int, list[np.ndarray]] = {layer: [] for layer in self.layers}
+        self._positions: list[np.ndarray] = []
+
+    def _add(self, ctx, first_pos: int, n_tokens: int) -> None:
+        for layer in self.layers:
+            self._rows[layer].append(ctx.captured(layer))
+        self._positions.append(np.arange(first_pos, first_pos + n_tokens, dtype=np.int32))
+
+    @property
+    def residuals(self) -> dict[int, np.ndarray]:
+        return {layer: np.concatenate(rows) if rows else np.zeros((0, 0), np.float32)
+                for layer, rows in self._rows.items()}
+
+    @property
+    def positions(self) -> np.ndarray:
+        return np.concatenate(self._positions) if self._positions else np.zeros(0, np.int32)
 
 
 @dataclass
@@ -119,6 +151,7 @@ class Session:
         self._tokens: list[int] = []  # tokens whose K/V are in the cache, positions 0..n-1
         self._pending: list[int] = []  # sampled but not yet decoded
         self._counters = _Counters()
+        self._capture: ResidualCapture | None = None
 
     # -- lifetime ----------------------------------------------------------
 
@@ -206,17 +239,50 @@ class Session:
                 f"{len(ids)} tokens do not fit: the context holds {ctx.n_ctx} and {len(self._tokens)} are used"
             )
         n_batch = ctx.n_batch
+        # h^(n_layer) exists only for tokens that produce outputs.
+        every_output = self._capture is not None and self.model.info.n_layer in self._capture.layers
         start = time.perf_counter()
         for i in range(0, len(ids), n_batch):
             chunk = ids[i:i + n_batch]
             last = i + n_batch >= len(ids)
-            ctx.decode(chunk, len(self._tokens), outputs=1 if last else 0)
+            ctx.decode(chunk, len(self._tokens), outputs=2 if every_output else (1 if last else 0))
+            if self._capture is not None:
+                self._capture._add(ctx, len(self._tokens), len(chunk))
             self._tokens.extend(int(t) for t in chunk)
         self._pending = []
         elapsed = time.perf_counter() - start
         self._counters.n_prefill_tokens += len(ids)
         self._counters.prefill_s += elapsed
         return elapsed
+
+    # -- residual capture (P1) ---------------------------------------------
+
+    @contextlib.contextmanager
+    def capture(self, layers: Sequence[int]) -> Iterator[ResidualCapture]:
+        """Capture h^(l) for these layers (0..n_layer) of every token decoded inside the block.
+
+        Capturing layer n_layer makes every prefilled token an output (logits included),
+        since llama.cpp computes the last layer's output only for output rows.
+        """
+        ctx = self._context()
+        info = self.model.info
+        if info.architecture not in CAPTURE_ARCHITECTURES:
+            raise UnsupportedArchitectureError(
+                f"residual capture is not available for {info.architecture!r} "
+                f"(supported: {', '.join(sorted(CAPTURE_ARCHITECTURES))})")
+        wanted = sorted({_layer_index(layer, info.n_layer) for layer in layers})
+        if not wanted:
+            raise ValueError("no layers to capture")
+        if self._capture is not None:
+            raise RuntimeError("a capture is already active on this session")
+        ctx.set_capture(wanted)
+        self._capture = ResidualCapture(wanted)
+        try:
+            yield self._capture
+        finally:
+            self._capture = None
+            if not ctx.closed:
+                ctx.set_capture([])
 
     # -- generation --------------------------------------------------------
 
@@ -285,6 +351,8 @@ class Session:
                     run.finish_reason = FINISH_CONTEXT
                     break
                 ctx.decode_token(token, len(self._tokens))
+                if self._capture is not None:
+                    self._capture._add(ctx, len(self._tokens), 1)
                 self._tokens.append(token)
                 self._pending = []
                 self._counters.n_decode_steps += 1
@@ -350,6 +418,12 @@ class Session:
             del self._tokens[n:]
         self._pending = []
         return ids[n:]
+
+
+def _layer_index(layer, n_layer: int) -> int:
+    if not isinstance(layer, (int, np.integer)) or isinstance(layer, bool) or not 0 <= layer <= n_layer:
+        raise IndexError(f"layer must be an integer in [0, {n_layer}], not {layer!r}")
+    return int(layer)
 
 
 def _usable_cpus() -> int:
