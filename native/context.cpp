@@ -138,6 +138,23 @@ py::array_t<float> captured(Context & self, int32_t il) {
     return py::array_t<float>({(py::ssize_t) self.n_captured, (py::ssize_t) n_embd}, rows);
 }
 
+py::tuple read_kv(Context & self, int32_t il, llama_pos pos, llama_seq_id seq) {
+    llama_context * ctx = self.get();
+    llama_kvd_layer_info info{};
+    if (llama_kvd_model_layer_info(self.model->model, il, &info) != 0) {
+        throw py::index_error("layer " + std::to_string(il) + " is out of range");
+    }
+    py::array_t<float> k(info.n_embd_k_gqa), v(info.n_embd_v_gqa);
+    const int32_t rc = llama_kvd_read_kv(ctx, il, seq, pos, k.mutable_data(), v.mutable_data());
+    if (rc == -1) throw py::index_error("layer or sequence out of range, or the layer keeps no K/V");
+    if (rc == -2) {
+        throw py::key_error("no KV cell of layer " + std::to_string(il) + " holds position " + std::to_string(pos) +
+                            " of sequence " + std::to_string(seq));
+    }
+    if (rc != 0) throw DecodeError("this context's KV cache layout cannot be read back");
+    return py::make_tuple(k, v);
+}
+
 py::dict memory(const Context & self) {
     llama_kvd_memory mem{};
     llama_kvd_context_memory(self.get(), &mem);
@@ -182,6 +199,8 @@ void bind_context(py::module_ & m) {
              "Capture the residual h^(l) of every decoded token for these layers (empty list: none).")
         .def("captured", &captured, py::arg("layer"),
              "The residuals of a captured layer from the last decode: float32 [n_tokens, n_embd].")
+        .def("read_kv", &read_kv, py::arg("layer"), py::arg("pos"), py::arg("seq_id") = 0,
+             "The K and V rows stored for (layer, position, sequence), as float32 arrays.")
         .def("logits", &logits_row, py::arg("row") = -1)
         .def("logits_all", &logits_all)
         .def("memory", &memory, "Bytes allocated for model weights, the KV cache and compute buffers.")

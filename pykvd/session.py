@@ -255,6 +255,22 @@ class Session:
         self._counters.prefill_s += elapsed
         return elapsed
 
+    # -- reading the KV cache ------------------------------------------------
+
+    def read_kv(self, layer: int, position: int) -> tuple[np.ndarray, np.ndarray]:
+        """The K and V rows (float32, n_embd_k_gqa / n_embd_v_gqa) cached for a position at a layer.
+
+        Raises IndexError for a layer out of range and KeyError when no cell holds the
+        position (never processed, removed, or outside a sliding window).
+        """
+        ctx = self._context()
+        n_layer = self.model.info.n_layer
+        if not isinstance(layer, (int, np.integer)) or isinstance(layer, bool) or not 0 <= layer < n_layer:
+            raise IndexError(f"layer must be an integer in [0, {n_layer}), not {layer!r}")
+        if not isinstance(position, (int, np.integer)) or isinstance(position, bool) or position < 0:
+            raise IndexError(f"position must be an integer >= 0, not {position!r}")
+        return ctx.read_kv(int(layer), int(position))
+
     # -- residual capture (P1) ---------------------------------------------
 
     @contextlib.contextmanager
