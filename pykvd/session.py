@@ -264,12 +264,8 @@ class Session:
         position (never processed, removed, or outside a sliding window).
         """
         ctx = self._context()
-        n_layer = self.model.info.n_layer
-        if not isinstance(layer, (int, np.integer)) or isinstance(layer, bool) or not 0 <= layer < n_layer:
-            raise IndexError(f"layer must be an integer in [0, {n_layer}), not {layer!r}")
-        if not isinstance(position, (int, np.integer)) or isinstance(position, bool) or position < 0:
-            raise IndexError(f"position must be an integer >= 0, not {position!r}")
-        return ctx.read_kv(int(layer), int(position))
+        layer = _checked_index(layer, "layer", self.model.info.n_layer - 1)
+        return ctx.read_kv(layer, _checked_index(position, "position"))
 
     # -- residual capture (P1) ---------------------------------------------
 
@@ -286,7 +282,7 @@ class Session:
             raise UnsupportedArchitectureError(
                 f"residual capture is not available for {info.architecture!r} "
                 f"(supported: {', '.join(sorted(CAPTURE_ARCHITECTURES))})")
-        wanted = sorted({_layer_index(layer, info.n_layer) for layer in layers})
+        wanted = sorted({_checked_index(layer, "layer", info.n_layer) for layer in layers})
         if not wanted:
             raise ValueError("no layers to capture")
         if self._capture is not None:
@@ -436,10 +432,13 @@ class Session:
         return ids[n:]
 
 
-def _layer_index(layer, n_layer: int) -> int:
-    if not isinstance(layer, (int, np.integer)) or isinstance(layer, bool) or not 0 <= layer <= n_layer:
-        raise IndexError(f"layer must be an integer in [0, {n_layer}], not {layer!r}")
-    return int(layer)
+def _checked_index(value, name: str, last: int | None = None) -> int:
+    """value as an int in [0, last] (no upper bound if last is None), else IndexError."""
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 0
+    if not ok or (last is not None and value > last):
+        bounds = f"in [0, {last}]" if last is not None else ">= 0"
+        raise IndexError(f"{name} must be an integer {bounds}, not {value!r}")
+    return int(value)
 
 
 def _usable_cpus() -> int:

@@ -13,6 +13,7 @@ import gguf
 import numpy as np
 import pytest
 import synthetic  # models/synthetic.py, put on sys.path by conftest.py
+from gguf_files import write_gguf
 
 import pykvd
 from pykvd import (
@@ -37,23 +38,6 @@ def open_session(model, **kwargs):
 
 
 # -- files that are not usable models -------------------------------------------
-
-
-def _write_gguf(path, arch: str | None, *, tensors: bool = True, **uint32_keys):
-    """A small GGUF with the given architecture (None: no general.architecture at all)."""
-    writer = gguf.GGUFWriter(path, arch or "llama")
-    if arch is None:
-        writer.kv_data[0].pop("general.architecture")
-    writer.add_block_count(2)
-    for key, value in uint32_keys.items():
-        writer.add_uint32(key.replace("__", "."), value)
-    if tensors:
-        writer.add_tensor("token_embd.weight", np.zeros((8, 4), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
 
 
 def _patched_copy(src, dst, key: str, value: int):
@@ -127,20 +111,20 @@ def test_truncated_gguf(tmp_path, tiny_llama_path):
 
 
 def test_unknown_architecture(tmp_path):
-    path = _write_gguf(tmp_path / "alien.gguf", "notarealarch")
+    path = write_gguf(tmp_path / "alien.gguf", "notarealarch")
     with pytest.raises(UnsupportedArchitectureError, match="notarealarch"):
         pykvd.Model(path)
 
 
 def test_no_architecture(tmp_path):
-    path = _write_gguf(tmp_path / "anonymous.gguf", None)
+    path = write_gguf(tmp_path / "anonymous.gguf", None)
     with pytest.raises(InvalidModelError, match="general.architecture"):
         pykvd.Model(path)
 
 
 def test_known_architecture_without_its_tensors(tmp_path):
     # A whole, valid GGUF that llama.cpp itself refuses: its error comes back as InvalidModelError.
-    path = _write_gguf(tmp_path / "hollow.gguf", "llama", tensors=False)
+    path = write_gguf(tmp_path / "hollow.gguf", "llama", tensors=False)
     with pytest.raises(InvalidModelError, match="could not load"):
         pykvd.Model(path)
 
@@ -159,7 +143,7 @@ def test_impossible_hyperparameters(tmp_path, tiny_llama_path, key, value):
 
 
 def test_failed_loads_leave_the_process_usable(tmp_path, tiny_llama, tiny_llama_path):
-    for bad in (tmp_path / "missing.gguf", _write_gguf(tmp_path / "alien.gguf", "notarealarch")):
+    for bad in (tmp_path / "missing.gguf", write_gguf(tmp_path / "alien.gguf", "notarealarch")):
         with pytest.raises(PykvdError):
             pykvd.Model(bad)
     with pykvd.Model(tiny_llama_path) as model, open_session(model, n_ctx=64) as s:
@@ -186,9 +170,9 @@ def _bad_file(kind: str, folder, tiny_llama_path):
     elif kind == "truncated data":
         data = tiny_llama_path.read_bytes()[:-1000]
     elif kind == "unknown architecture":
-        return _write_gguf(folder / "alien.gguf", "notarealarch")
+        return write_gguf(folder / "alien.gguf", "notarealarch")
     elif kind == "no tensors":
-        return _write_gguf(folder / "hollow.gguf", "llama", tensors=False)
+        return write_gguf(folder / "hollow.gguf", "llama", tensors=False)
     elif kind == "zero layers":
         return _patched_copy(tiny_llama_path, folder / "zero.gguf", "llama.block_count", 0)
     elif kind == "too many layers":

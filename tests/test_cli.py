@@ -7,7 +7,6 @@ import shutil
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 import pykvd
@@ -44,15 +43,9 @@ def truncated_gguf(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def unknown_arch_gguf(tmp_path_factory):
-    gguf = pytest.importorskip("gguf")
-    path = tmp_path_factory.mktemp("cli") / "alien.gguf"
-    writer = gguf.GGUFWriter(str(path), "notarealarch")
-    writer.add_tensor("token_embd.weight", np.zeros((8, 4), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
+    from gguf_files import write_gguf
+
+    return write_gguf(tmp_path_factory.mktemp("cli") / "alien.gguf", "notarealarch")
 
 
 def test_run_prints_only_the_generated_text(smollm2_model):
