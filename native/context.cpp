@@ -178,7 +178,8 @@ py::dict perf(const Context & self) {
 }  // namespace
 
 void bind_context(py::module_ & m) {
-    py::class_<Context>(m, "Context")
+    py::class_<Context> cls(m, "Context");
+    cls
         .def(py::init(&create), py::arg("model"), py::arg("n_ctx"), py::arg("n_batch"), py::arg("n_ubatch"),
              py::arg("n_threads"), py::arg("n_threads_batch"), py::arg("flash_attn"), py::arg("n_seq_max") = 1,
              py::arg("swa_full") = true)
@@ -217,6 +218,7 @@ void bind_context(py::module_ & m) {
             return llama_memory_seq_pos_min(llama_get_memory(s.get()), seq);
         }, py::arg("seq_id") = 0)
         .def("set_threads", [](Context & s, int32_t n, int32_t n_batch) { llama_set_n_threads(s.get(), n, n_batch); });
+    bind_reinject(cls);
 }
 
 }  // namespace pykvd

@@ -72,5 +72,6 @@ struct Context {
 void bind_model(py::module_ & m);
 void bind_context(py::module_ & m);
 void bind_sampler(py::module_ & m);
+void bind_reinject(py::class_<Context> & cls);
 
 }  // namespace pykvd
