@@ -52,21 +52,25 @@ void refill(Context & self, const Rows & h, const Positions & pos, int32_t il_be
     raise_for(rc, "refill");
 }
 
-Rows forward(Context & self, const Rows & h, const Positions & pos, int32_t il_begin, int32_t il_end,
-             llama_seq_id seq) {
+py::tuple forward(Context & self, const Rows & h, const Positions & pos, int32_t il_begin, int32_t il_end,
+                  llama_seq_id seq, bool with_logits) {
     self.get();
     check_rows(self, h, -1, pos);
     Rows out({h.shape(0), h.shape(1)});
-    float * dst = out.mutable_data();
+    Rows logits(std::vector<py::ssize_t>{with_logits ? h.shape(0) : 0,
+                                         (py::ssize_t) llama_vocab_n_tokens(self.model->vocab())});
+    float * h_dst = out.mutable_data();
+    float * logits_dst = with_logits ? logits.mutable_data() : nullptr;
     int32_t rc;
     {
         py::gil_scoped_release nogil;
         std::lock_guard<std::mutex> guard(self.lock);
         if (!self.ctx) throw ClosedError("context is closed");
-        rc = llama_kvd_forward(self.ctx, seq, pos.data(), (int32_t) pos.shape(0), il_begin, il_end, h.data(), dst);
+        rc = llama_kvd_forward(self.ctx, seq, pos.data(), (int32_t) pos.shape(0), il_begin, il_end, h.data(),
+                               h_dst, logits_dst);
     }
     raise_for(rc, "forward");
-    return out;
+    return py::make_tuple(out, with_logits ? py::object(logits) : py::none());
 }
 
 }  // namespace
@@ -76,8 +80,9 @@ void bind_reinject(py::class_<Context> & cls) {
             py::arg("seq_id") = 0,
             "P2: write K/V of layers [layer_begin, layer_end) from h[layer - layer_begin, token, :].")
         .def("forward", &forward, py::arg("h"), py::arg("positions"), py::arg("layer_begin"), py::arg("layer_end"),
-             py::arg("seq_id") = 0,
-             "P3: run layers [layer_begin, layer_end) from h [token, :], write their K/V, return h^(layer_end).");
+             py::arg("seq_id") = 0, py::arg("logits") = false,
+             "P3: run layers [layer_begin, layer_end) from h [token, :], write their K/V; returns\n"
+             "(h^(layer_end), logits or None). logits=True needs layer_end == n_layer.");
 }
 
 }  // namespace pykvd

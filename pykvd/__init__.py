@@ -12,6 +12,7 @@ from .errors import (
     ModelNotFoundError,
     PromptError,
     PykvdError,
+    ResidualError,
     SamplingError,
     SessionClosedError,
     UnsupportedArchitectureError,
@@ -24,6 +25,7 @@ _LAZY = {
     "Session": "pykvd.session",
     "SamplingParams": "pykvd.sampling",
     "RuntimeProfile": "pykvd.profile",
+    "ResidualCapture": "pykvd.residuals",
     "load": "pykvd.model",
 }
 
@@ -45,6 +47,7 @@ __all__ = [
     "ModelNotFoundError",
     "PromptError",
     "PykvdError",
+    "ResidualError",
     "SamplingError",
     "SessionClosedError",
     "UnsupportedArchitectureError",

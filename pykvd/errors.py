@@ -44,3 +44,7 @@ class SessionClosedError(PykvdError, RuntimeError):
 
 class DecodeError(PykvdError, RuntimeError):
     """llama.cpp reported a failure while processing a batch."""
+
+
+class ResidualError(PykvdError, ValueError):
+    """Residual rows or positions given for re-injection do not fit the model or the sequence."""

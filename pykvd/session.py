@@ -12,17 +12,19 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from ._llama import native
-from .errors import ContextOverflowError, PromptError, SessionClosedError, UnsupportedArchitectureError
+from .errors import (ContextOverflowError, PromptError, ResidualError, SessionClosedError,
+                     UnsupportedArchitectureError)
 from .memory import rss_bytes
 from .model import Message, Model
 from .profile import RuntimeProfile
+from .residuals import ResidualCapture, checked_layer_range, checked_positions, checked_rows, model_key
 from .sampling import SamplingParams
 
 FINISH_STOP = "stop"  # the model produced an end-of-generation token
 FINISH_LENGTH = "length"  # max_tokens reached
 FINISH_CONTEXT = "context"  # the context is full
 
-# Architectures whose graphs expose every layer's input to llama.cpp's capture (patches/0002).
+# Architectures whose graphs expose every layer's input to capture (patches/0002) and re-injection (0004).
 CAPTURE_ARCHITECTURES = frozenset({"llama", "qwen2", "qwen3", "gemma3", "phi3"})
 
 _MAX_INT32 = 2**31 - 1
@@ -62,34 +64,6 @@ class Generation:
     n_prompt_tokens: int
     prefill_s: float
     decode_s: float
-
-
-class ResidualCapture:
-    """Residual-stream vectors h^(l) captured while a session decodes.
-
-    ``residuals[l]`` is float32 [n_tokens, n_embd]: the input of layer l (l = n_layer:
-    the output of the last layer) of every token processed inside the capture, in order;
-    ``positions`` gives each row's position in the sequence.
-    """
-
-    def __init__(self, layers: Sequence[int]):
-        self.layers = tuple(layers)
-        self._rows: dict[int, list[np.ndarray]] = {layer: [] for layer in self.layers}
-        self._positions: list[np.ndarray] = []
-
-    def _add(self, ctx, first_pos: int, n_tokens: int) -> None:
-        for layer in self.layers:
-            self._rows[layer].append(ctx.captured(layer))
-        self._positions.append(np.arange(first_pos, first_pos + n_tokens, dtype=np.int32))
-
-    @property
-    def residuals(self) -> dict[int, np.ndarray]:
-        return {layer: np.concatenate(rows) if rows else np.zeros((0, 0), np.float32)
-                for layer, rows in self._rows.items()}
-
-    @property
-    def positions(self) -> np.ndarray:
-        return np.concatenate(self._positions) if self._positions else np.zeros(0, np.int32)
 
 
 @dataclass
@@ -247,7 +221,7 @@ class Session:
             last = i + n_batch >= len(ids)
             ctx.decode(chunk, len(self._tokens), outputs=2 if every_output else (1 if last else 0))
             if self._capture is not None:
-                self._capture._add(ctx, len(self._tokens), len(chunk))
+                self._capture._add(ctx, len(self._tokens), chunk)
             self._tokens.extend(int(t) for t in chunk)
         self._pending = []
         elapsed = time.perf_counter() - start
@@ -288,13 +262,106 @@ class Session:
         if self._capture is not None:
             raise RuntimeError("a capture is already active on this session")
         ctx.set_capture(wanted)
-        self._capture = ResidualCapture(wanted)
+        self._capture = ResidualCapture(wanted, self.model)
         try:
             yield self._capture
         finally:
             self._capture = None
             if not ctx.closed:
                 ctx.set_capture([])
+
+    # -- re-injection (P2, P3) ---------------------------------------------
+
+    def evict(self, positions: Sequence[int] | np.ndarray) -> None:
+        """Free the KV cells of these positions at every layer. The tokens stay part of the
+        session's history; until refilled, attention no longer sees them."""
+        ctx = self._context()
+        for first, last in _runs(checked_positions(positions, len(self._tokens))):
+            ctx.seq_rm(0, first, last + 1)
+
+    def refill(self, residuals: ResidualCapture | np.ndarray, positions: Sequence[int] | np.ndarray | None = None,
+               layers: range | None = None) -> None:
+        """P2: recompute the K/V of ``layers`` for ``positions`` from their residuals and write them
+        into KV cells, running only each layer's K/V projection path.
+
+        ``residuals`` is a ResidualCapture of this model (``positions`` default to all it holds,
+        ``layers`` to every captured layer below n_layer, which must form one range) or a float32
+        array [len(layers), len(positions), n_embd] holding h^(l) for each layer of ``layers``.
+        A position whose cell the session still holds is overwritten in that cell; an evicted one
+        takes the lowest free cell. Raises ResidualError, IndexError or ContextOverflowError (no free
+        cells) before anything is changed.
+        """
+        ctx = self._context()
+        info = self.model.info
+        extension: list[int] = []
+        if isinstance(residuals, ResidualCapture):
+            residuals, positions, layers, extension = self._from_capture(residuals, positions, layers)
+        elif positions is None or layers is None:
+            raise ResidualError("refill from an array needs positions and layers")
+        if not isinstance(layers, range) or layers.step != 1:
+            raise IndexError(f"layers must be a range of consecutive layers, not {layers!r}")
+        layers = checked_layer_range(layers.start, layers.stop, info.n_layer)
+        positions = checked_positions(positions, len(self._tokens) + len(extension))
+        rows = checked_rows(residuals, (len(layers), len(positions), info.n_embd), "residuals")
+        self._check_reinjection()
+        ctx.refill(rows, positions, layers.start, layers.stop)
+        self._tokens.extend(extension)
+
+    def forward_layers(self, h: np.ndarray, positions: Sequence[int] | np.ndarray, start: int, end: int, *,
+                       logits: bool = False):
+        """P3: run layers [start, end) from h^(start) (float32 [len(positions), n_embd]) with
+        attention over the session's cells, write those layers' K/V and return h^(end).
+
+        With ``logits=True`` (``end`` must be n_layer) returns (h^(end), logits [n, n_vocab]).
+        The session's own next-token logits are not changed.
+        """
+        ctx = self._context()
+        info = self.model.info
+        layers = checked_layer_range(start, end, info.n_layer)
+        if logits and layers.stop != info.n_layer:
+            raise IndexError("logits need the forward to run to the last layer (end == n_layer)")
+        positions = checked_positions(positions, len(self._tokens))
+        rows = checked_rows(h, (len(positions), info.n_embd), "h")
+        self._check_reinjection()
+        h_end, out = ctx.forward(rows, positions, layers.start, layers.stop, logits=logits)
+        return (h_end, out) if logits else h_end
+
+    def _from_capture(self, capture: ResidualCapture, positions, layers):
+        if capture.model_key != model_key(self.model):
+            raise ResidualError("these residuals were captured from a different model")
+        if layers is None:
+            inner = [layer for layer in capture.layers if layer < self.model.info.n_layer]
+            if not inner or inner != list(range(inner[0], inner[-1] + 1)):
+                raise ResidualError(f"captured layers {list(capture.layers)} do not form one range: pass layers=")
+            layers = range(inner[0], inner[-1] + 1)
+        if positions is None:
+            positions = capture.positions
+        extension = self._tokens_to_adopt(capture, positions)
+        return capture.stack(layers, positions), positions, layers, extension
+
+    def _tokens_to_adopt(self, capture: ResidualCapture, positions) -> list[int]:
+        """Checks the capture's tokens against the session's history; returns the captured tokens
+        that extend the history up to the last position, so a fresh session can be rebuilt."""
+        positions = checked_positions(positions, _MAX_INT32).tolist()
+        by_position = dict(zip(capture.positions.tolist(), capture.tokens.tolist()))
+        known = len(self._tokens)
+        for p in positions:
+            if p < known and by_position.get(p, self._tokens[p]) != self._tokens[p]:
+                raise ResidualError(f"position {p} holds another token in this session than in the capture")
+        top = positions[-1]
+        if top < known:
+            return []
+        if self._pending:
+            raise ResidualError("cannot extend a session that has a sampled token not yet decoded")
+        missing = [p for p in range(known, top + 1) if p not in by_position]
+        if missing:
+            raise ResidualError(f"the capture lacks positions {missing[:8]} between the session's end and {top}")
+        return [by_position[p] for p in range(known, top + 1)]
+
+    def _check_reinjection(self) -> None:
+        if self.model.info.architecture not in CAPTURE_ARCHITECTURES:
+            raise UnsupportedArchitectureError(
+                f"K/V re-injection is not available for {self.model.info.architecture!r}")
 
     # -- generation --------------------------------------------------------
 
@@ -364,7 +431,7 @@ class Session:
                     break
                 ctx.decode_token(token, len(self._tokens))
                 if self._capture is not None:
-                    self._capture._add(ctx, len(self._tokens), 1)
+                    self._capture._add(ctx, len(self._tokens), [token])
                 self._tokens.append(token)
                 self._pending = []
                 self._counters.n_decode_steps += 1
@@ -439,6 +506,13 @@ def _checked_index(value, name: str, last: int | None = None) -> int:
         bounds = f"in [0, {last}]" if last is not None else ">= 0"
         raise IndexError(f"{name} must be an integer {bounds}, not {value!r}")
     return int(value)
+
+
+def _runs(positions: np.ndarray) -> Iterator[tuple[int, int]]:
+    """(first, last) of each run of consecutive positions in an increasing array."""
+    breaks = np.flatnonzero(np.diff(positions) != 1) + 1
+    for run in np.split(positions, breaks):
+        yield int(run[0]), int(run[-1])
 
 
 def _usable_cpus() -> int:
