@@ -6,6 +6,8 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <string>
+#include <string_view>
 #include <vector>
 
 namespace pykvd {
@@ -217,6 +219,19 @@ void bind_context(py::module_ & m) {
         .def("seq_pos_min", [](Context & s, llama_seq_id seq) {
             return llama_memory_seq_pos_min(llama_get_memory(s.get()), seq);
         }, py::arg("seq_id") = 0)
+        .def("state_seq_get", [](Context & s, llama_seq_id seq) {
+            llama_context * ctx = s.get();
+            std::string data(llama_state_seq_get_size(ctx, seq), '\0');
+            data.resize(llama_state_seq_get_data(ctx, reinterpret_cast<uint8_t *>(data.data()), data.size(), seq));
+            return py::bytes(data);
+        }, py::arg("seq_id") = 0, "llama.cpp's own serialized state of one sequence (its cells' K/V).")
+        .def("state_seq_set", [](Context & s, const py::bytes & data, llama_seq_id seq) {
+            // Only for bytes that state_seq_get produced: llama.cpp does not validate them fully.
+            const std::string_view view(data);
+            const size_t used = llama_state_seq_set_data(s.get(), reinterpret_cast<const uint8_t *>(view.data()),
+                                                         view.size(), seq);
+            if (used == 0) throw DecodeError("llama.cpp could not load the sequence state\n" + recent_log());
+        }, py::arg("data"), py::arg("seq_id") = 0)
         .def("set_threads", [](Context & s, int32_t n, int32_t n_batch) { llama_set_n_threads(s.get(), n, n_batch); });
     bind_reinject(cls);
 }

@@ -130,6 +130,29 @@ def test_forward_returns_the_residual_and_logits(request, name):
     session.close()
 
 
+@pytest.mark.parametrize("name", ["smollm2", "gemma3"])
+def test_residual_patching_is_deterministic(request, name):
+    """Putting the last token's own residual back at layer l and re-running l..L-1 gives its logits
+    bit for bit; another prompt's residual moves them (the consistency check of bench/consistency.py)."""
+    model = request.getfixturevalue(name)
+    n_layer = model.info.n_layer
+    a_ids = model.tokenize("The lighthouse keeper climbed the stairs to light the lamp")
+    b_ids = model.tokenize("A young baker rose before dawn to knead the bread for market")
+    n = min(len(a_ids), len(b_ids))
+    donor, a_cap = captured_session(model, range(n_layer), prompt=a_ids[:n])
+    recipient, b_cap = captured_session(model, range(n_layer), prompt=b_ids[:n])
+    own = recipient.logits().copy()
+    moved = []
+    for layer in range(0, n_layer, 3):
+        _, again = recipient.forward_layers(b_cap.residuals[layer][-1:], [n - 1], layer, n_layer, logits=True)
+        assert np.array_equal(again[0], own), layer
+        _, patched = recipient.forward_layers(a_cap.residuals[layer][-1:], [n - 1], layer, n_layer, logits=True)
+        moved.append(not np.array_equal(patched[0], own))
+    assert all(moved)
+    donor.close()
+    recipient.close()
+
+
 def test_fresh_session_rebuilt_from_a_checkpoint_continues_exactly(smollm2):
     n_layer = smollm2.info.n_layer
     session, capture = captured_session(smollm2, range(n_layer))
@@ -169,3 +192,29 @@ def test_the_c_api_is_callable_with_ctypes():
     assert lib.llama_kvd_refill(None, 0, None, 0, 0, 1, None) == -1
     assert lib.llama_kvd_forward(None, 0, None, 0, 0, 1, None, None, None) == -1
     assert (paths.include_dir() / "llama-kvd.h").read_text().count("LLAMA_KVD_NO_ROOM") == 1
+
+
+def test_the_c_api_compiles_and_runs_from_c(tmp_path):
+    import shutil
+    import subprocess
+
+    from pykvd import paths
+
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        pytest.skip("no C compiler")
+    source = tmp_path / "kvd.c"
+    source.write_text(
+        '#include "llama-kvd.h"\n#include <stdio.h>\n'
+        "int main(void) {\n"
+        "    llama_pos pos[1] = {0}; float h[1] = {0}; float out[1];\n"
+        "    int a = llama_kvd_refill(NULL, 0, pos, 1, 0, 1, h);\n"
+        "    int b = llama_kvd_forward(NULL, 0, pos, 1, 0, 1, h, out, NULL);\n"
+        '    printf("%d %d %d\\n", a, b, LLAMA_KVD_NO_ROOM);\n'
+        "    return 0;\n}\n")
+    binary = tmp_path / "kvd"
+    lib = paths.lib_dir()
+    subprocess.run([compiler, "-std=c11", str(source), "-I", str(paths.include_dir()), "-L", str(lib), "-lllama",
+                    f"-Wl,-rpath,{lib}", "-o", str(binary)], check=True, capture_output=True)
+    assert subprocess.run([str(binary)], capture_output=True, text=True, check=True).stdout.split() == \
+        ["-1", "-1", "-2"]

@@ -1,0 +1,143 @@
+"""Two consistency experiments of the residual stream, on both real models.
+
+Residual patching
+    Prompt B is prefilled; then the last token's residual at layer l is replaced by the
+    one captured from prompt A (same length, same position) and layers l..L-1 are re-run
+    from it (P3, writing the last token's K/V in place). The next-token distribution is
+    compared with A's own (KL(p_A || p_patched)) for every layer l. The earlier tokens'
+    K/V still come from B, so for l < L the patched run is *not* A's run: the KL shows how
+    much of the next-token distribution the last token's residual alone carries at each
+    depth. Patching B's own residual back must reproduce B's logits bit for bit; that is
+    the real check here (determinism of the partial-depth forward), not evidence of any
+    "Markov property" of the residual stream.
+
+Batch invariance
+    One prompt prefilled in one batch, in chunks (n_batch 16 split into ubatches of 7)
+    and token by token: every layer's residuals, every stored K/V row and the last
+    logits compared bit for bit. In the exact profile they are identical; with the
+    exact profile off (flash attention, repacked weights, tiled K-quant matmul; run in a
+    child process because ggml reads GGML_CPU_TILED_MM once) the differences are
+    reported as measured.
+
+Usage: python bench/consistency.py [--model smollm2 gemma3] [--out bench/results/consistency.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+DONOR = "The old lighthouse keeper climbed the stairs every evening to light the lamp for the ships"
+RECIPIENT = "A young baker in the village rose before dawn each morning to knead bread for the market"
+INVARIANCE_PROMPT = ("Fishermen checked their nets by lantern light, calling out the names of the boats that "
+                     "had not yet come home, while the gulls argued over the quay.")
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64) - logits.max()
+    p = np.exp(z)
+    return p / p.sum()
+
+
+def kl(p: np.ndarray, q: np.ndarray) -> float:
+    mask = p > 0
+    return float(np.sum(p[mask] * (np.log(p[mask]) - np.log(np.maximum(q[mask], 1e-300)))))
+
+
+def residual_patching(model) -> dict:
+    n_layer = model.info.n_layer
+    a_ids, b_ids = model.tokenize(DONOR), model.tokenize(RECIPIENT)
+    n = min(len(a_ids), len(b_ids))
+    a_ids, b_ids = a_ids[:n], b_ids[:n]
+    with model.session(n_ctx=256) as donor, model.session(n_ctx=256) as recipient:
+        with donor.capture(range(n_layer)) as a_cap:
+            donor.feed(a_ids)
+        p_donor = softmax(donor.logits())
+        with recipient.capture(range(n_layer)) as b_cap:
+            recipient.feed(b_ids)
+        own_logits = recipient.logits().copy()
+        last = [n - 1]
+        rows = []
+        for layer in range(n_layer):
+            _, patched = recipient.forward_layers(a_cap.residuals[layer][-1:], last, layer, n_layer, logits=True)
+            _, restored = recipient.forward_layers(b_cap.residuals[layer][-1:], last, layer, n_layer, logits=True)
+            rows.append({
+                "layer": layer,
+                "kl_donor_vs_patched": kl(p_donor, softmax(patched[0])),
+                "top1_matches_donor": int(np.argmax(patched[0])) == int(np.argmax(p_donor)),
+                "self_patch_max_dlogit": float(np.max(np.abs(restored[0] - own_logits))),
+            })
+        baseline = kl(p_donor, softmax(own_logits))
+    return {"n_tokens": n, "kl_donor_vs_unpatched": baseline, "layers": rows,
+            "self_patch_exact": all(r["self_patch_max_dlogit"] == 0 for r in rows)}
+
+
+def _prefill(model, exact: bool, **session_args) -> dict:
+    n_layer = model.info.n_layer
+    with model.session(n_ctx=256, exact=exact, **session_args) as session:
+        with session.capture(range(n_layer)) as cap:
+            session.feed(INVARIANCE_PROMPT)
+        kv = [session.read_kv(layer, pos) for layer in range(n_layer) for pos in range(len(session.tokens))]
+        return {"residuals": cap.residuals, "kv": kv, "logits": session.logits().copy()}
+
+
+def _max_diff(a: dict, b: dict) -> dict:
+    return {
+        "residuals": max(float(np.max(np.abs(a["residuals"][l] - b["residuals"][l]))) for l in a["residuals"]),
+        "k": max(float(np.max(np.abs(x[0] - y[0]))) for x, y in zip(a["kv"], b["kv"])),
+        "v": max(float(np.max(np.abs(x[1] - y[1]))) for x, y in zip(a["kv"], b["kv"])),
+        "logits": float(np.max(np.abs(a["logits"] - b["logits"]))),
+        "same_top1": int(np.argmax(a["logits"])) == int(np.argmax(b["logits"])),
+    }
+
+
+def batch_invariance(model, exact: bool) -> dict:
+    whole = _prefill(model, exact)
+    chunked = _prefill(model, exact, n_batch=16, n_ubatch=7)
+    single = _prefill(model, exact, n_batch=1)
+    return {"one_batch_vs_chunks": _max_diff(whole, chunked), "one_batch_vs_token_by_token": _max_diff(whole, single)}
+
+
+def _fast_profile_in_child(name: str) -> dict:
+    env = dict(os.environ, GGML_CPU_TILED_MM="1")
+    out = subprocess.run([sys.executable, __file__, "--child-fast", name], env=env, capture_output=True,
+                         text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", nargs="+", default=["smollm2", "gemma3"])
+    p.add_argument("--out", type=Path, default=RESULTS / "consistency.json")
+    p.add_argument("--child-fast", metavar="MODEL", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    import pykvd
+
+    if args.child_fast:
+        with pykvd.Model(args.child_fast, exact=False) as model:
+            print(json.dumps(batch_invariance(model, exact=False)))
+        return 0
+    report = {}
+    for name in args.model:
+        with pykvd.Model(name) as model:
+            report[name] = {
+                "residual_patching": residual_patching(model),
+                "batch_invariance_exact": batch_invariance(model, exact=True),
+            }
+        report[name]["batch_invariance_fast"] = _fast_profile_in_child(name)
+        print(f"{name}: done", file=sys.stderr, flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
