@@ -12,7 +12,7 @@ Residual patching
     "Markov property" of the residual stream.
 
 Batch invariance
-    One prompt prefilled in one batch, in chunks (n_batch 16 split into ubatches of 7)
+    One 160-token prompt prefilled in one batch, in chunks (n_batch 16 split into ubatches of 7)
     and token by token: every layer's residuals, every stored K/V row and the last
     logits compared bit for bit. In the exact profile they are identical; with the
     exact profile off (flash attention, repacked weights, tiled K-quant matmul; run in a
@@ -33,11 +33,12 @@ from pathlib import Path
 
 import numpy as np
 
+from prompts import build_prompt
+
 RESULTS = Path(__file__).resolve().parent / "results"
 DONOR = "The old lighthouse keeper climbed the stairs every evening to light the lamp for the ships"
 RECIPIENT = "A young baker in the village rose before dawn each morning to knead bread for the market"
-INVARIANCE_PROMPT = ("Fishermen checked their nets by lantern light, calling out the names of the boats that "
-                     "had not yet come home, while the gulls argued over the quay.")
+INVARIANCE_TOKENS = 160  # past 64 query rows, where flash attention switches to its tiled kernel
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -81,9 +82,10 @@ def residual_patching(model) -> dict:
 
 def _prefill(model, exact: bool, **session_args) -> dict:
     n_layer = model.info.n_layer
+    ids = model.tokenize(build_prompt(model, INVARIANCE_TOKENS))[:INVARIANCE_TOKENS]
     with model.session(n_ctx=256, exact=exact, **session_args) as session:
         with session.capture(range(n_layer)) as cap:
-            session.feed(INVARIANCE_PROMPT)
+            session.feed(ids)
         kv = [session.read_kv(layer, pos) for layer in range(n_layer) for pos in range(len(session.tokens))]
         return {"residuals": cap.residuals, "kv": kv, "logits": session.logits().copy()}
 
