@@ -18,7 +18,7 @@ using TokenArray = py::array_t<int32_t, py::array::c_style | py::array::forcecas
 
 std::unique_ptr<Context> create(const Model & model, uint32_t n_ctx, uint32_t n_batch, uint32_t n_ubatch,
                                 int32_t n_threads, int32_t n_threads_batch, int flash_attn,
-                                uint32_t n_seq_max, bool swa_full) {
+                                uint32_t n_seq_max, bool swa_full, bool bounded) {
     llama_context_params params = llama_context_default_params();
     params.n_ctx = n_ctx;
     params.n_batch = n_batch;
@@ -35,11 +35,13 @@ std::unique_ptr<Context> create(const Model & model, uint32_t n_ctx, uint32_t n_
     clear_recent_log();
     {
         py::gil_scoped_release nogil;
-        out->ctx = llama_init_from_model(out->model->model, params);
+        out->ctx = bounded ? llama_kvd_init_from_model_exact(out->model->model, params)
+                           : llama_init_from_model(out->model->model, params);
     }
     if (out->ctx == nullptr) {
         throw DecodeError("llama.cpp could not create a context\n" + recent_log());
     }
+    out->bounded = bounded;
     return out;
 }
 
@@ -70,7 +72,8 @@ int32_t decode(Context & self, const int32_t * tokens, int32_t n, llama_pos pos0
         py::gil_scoped_release nogil;
         std::lock_guard<std::mutex> guard(self.lock);
         if (!self.ctx) throw ClosedError("context is closed");
-        rc = llama_decode(self.ctx, batch);
+        // A bounded cache may have evicted the sequence's last tokens: decode past the gap.
+        rc = self.bounded ? llama_kvd_decode(self.ctx, batch) : llama_decode(self.ctx, batch);
     }
     if (rc == 0) {
         self.n_outputs = outputs == 2 ? n : (outputs == 1 ? 1 : 0);
@@ -184,7 +187,9 @@ void bind_context(py::module_ & m) {
     cls
         .def(py::init(&create), py::arg("model"), py::arg("n_ctx"), py::arg("n_batch"), py::arg("n_ubatch"),
              py::arg("n_threads"), py::arg("n_threads_batch"), py::arg("flash_attn"), py::arg("n_seq_max") = 1,
-             py::arg("swa_full") = true)
+             py::arg("swa_full") = true, py::arg("bounded") = false,
+             "bounded: the KV cache gets exactly n_ctx cells (llama.cpp rounds up to 256 otherwise) and\n"
+             "decoding may continue past evicted positions.")
         .def("close", &Context::free)
         .def_property_readonly("closed", [](const Context & s) { return s.ctx == nullptr; })
         .def_property_readonly("n_ctx", [](const Context & s) { return llama_n_ctx(s.get()); })

@@ -56,6 +56,7 @@ struct Context {
     int32_t n_outputs = 0;  // logits rows produced by the last decode
     std::vector<int32_t> capture_layers;  // residual layers captured at each decode (P1)
     int32_t n_captured = 0;               // rows captured by the last decode (0: none yet)
+    bool bounded = false;                 // exact-size cache that evicts: decode with llama_kvd_decode
     std::mutex lock;
     ~Context() { free(); }
     void free() {

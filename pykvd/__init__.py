@@ -5,11 +5,13 @@ Session, so `pykvd.models` (fetching GGUFs) works without it.
 """
 
 from .errors import (
+    BudgetError,
     ContextOverflowError,
     DecodeError,
     InvalidModelError,
     ModelFetchError,
     ModelNotFoundError,
+    PolicyError,
     PromptError,
     PykvdError,
     ResidualError,
@@ -40,11 +42,13 @@ def __getattr__(name):
 
 
 __all__ = [
+    "BudgetError",
     "ContextOverflowError",
     "DecodeError",
     "InvalidModelError",
     "ModelFetchError",
     "ModelNotFoundError",
+    "PolicyError",
     "PromptError",
     "PykvdError",
     "ResidualError",

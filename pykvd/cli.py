@@ -14,6 +14,9 @@ from typing import Sequence
 
 from . import models as model_registry
 from .errors import PykvdError
+from .policies import POLICIES
+
+POLICY_NAMES = tuple(POLICIES)
 
 EXIT_USAGE = 2
 
@@ -113,6 +116,12 @@ def _generation_args(parser: argparse.ArgumentParser, *, default_tokens: int = 1
     c.add_argument("--fast", action="store_true",
                    help="let llama.cpp pick its fastest kernels (flash attention, repacked weights); not bit-exact")
     c.add_argument("--stats", action="store_true", help="print timings and memory to stderr")
+    k = parser.add_argument_group("bounded memory")
+    k.add_argument("--kv-budget", metavar="B", default=None,
+                   help="keep at most this much K/V in llama.cpp's cells: tokens (512) or bytes (64MiB, 1.5GiB)")
+    k.add_argument("--policy", default=None, choices=sorted(POLICY_NAMES),
+                   help="what happens to tokens beyond the budget (default streaming with a budget, else full)")
+    k.add_argument("--sinks", type=int, default=4, metavar="N", help="attention-sink tokens kept by streaming (4)")
     c.add_argument("-v", "--verbose", action="store_true", help="show llama.cpp's log on stderr")
 
 
@@ -140,13 +149,13 @@ def _sampling(args):
 
 def _session(model, args):
     return model.session(n_ctx=args.ctx_size, n_batch=args.batch_size, n_threads=args.threads,
-                         sampling=_sampling(args))
+                         sampling=_sampling(args), kv_budget=args.kv_budget, policy=args.policy, n_sink=args.sinks)
 
 
 def _print_stats(stats, label: str = "stats") -> None:
     from .memory import format_bytes
 
-    print(f"pykvd: {label}: context {stats.n_tokens}/{stats.n_ctx} tokens | "
+    print(f"pykvd: {label}: {stats.n_tokens} tokens, {stats.n_cached} in {stats.n_ctx} cells | "
           f"prefill {stats.n_prefill_tokens} tok in {stats.prefill_s:.3f} s ({stats.prefill_tokens_per_s:.1f} tok/s) | "
           f"decode {stats.n_decode_steps} steps in {stats.decode_s:.3f} s ({stats.decode_tokens_per_s:.1f} tok/s)",
           file=sys.stderr)
@@ -214,7 +223,7 @@ def _cmd_chat(args) -> int:
             _write_stream(session.chat_stream(messages, max_tokens=args.n_predict, sampling=sampling))
             sys.stdout.write("\n")
             sys.stdout.flush()
-            if args.stats:
+            if args.stats or args.kv_budget is not None:
                 _print_stats(session.stats, label=f"turn {turn}")
     return 0
 

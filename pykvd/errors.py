@@ -48,3 +48,11 @@ class DecodeError(PykvdError, RuntimeError):
 
 class ResidualError(PykvdError, ValueError):
     """Residual rows or positions given for re-injection do not fit the model or the sequence."""
+
+
+class BudgetError(PykvdError, ValueError):
+    """A KV budget is malformed or too small to hold the sink tokens plus one token."""
+
+
+class PolicyError(PykvdError, ValueError):
+    """An unknown eviction policy or checkpoint kind, or one that does not fit the session."""

@@ -12,11 +12,12 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from ._llama import native
-from .errors import (ContextOverflowError, PromptError, ResidualError, SessionClosedError,
+from .errors import (ContextOverflowError, PolicyError, PromptError, ResidualError, SessionClosedError,
                      UnsupportedArchitectureError)
 from .memory import rss_bytes
 from .model import Message, Model
 from .profile import RuntimeProfile
+from .policies.base import runs
 from .residuals import ResidualCapture, checked_layer_range, checked_positions, checked_rows, model_key
 from .sampling import SamplingParams
 
@@ -36,7 +37,8 @@ class SessionStats:
     and memory read now from llama.cpp's allocator and the OS."""
 
     n_ctx: int
-    n_tokens: int  # tokens whose K/V are in the cache now
+    n_tokens: int  # tokens of the sequence so far
+    n_cached: int  # of those, the ones whose K/V are in cells now
     n_prefill_tokens: int = 0
     n_generated: int = 0
     n_decode_steps: int = 0  # single-token decodes (the last sampled token is never decoded)
@@ -95,12 +97,23 @@ class Session:
     tokens a turn adds. ``exact`` defaults to the model's profile.
     ``swa_full`` (llama.cpp's default) gives sliding-window layers a full-size
     cache; False keeps only their window plus one batch of cells.
+
+    ``kv_budget`` (tokens, or bytes such as "64MiB") bounds the K/V kept in cells;
+    ``policy`` chooses what happens to the tokens that no longer fit (see
+    pykvd.policies; default "streaming" with a budget, "full" without). The
+    context's KV buffer is allocated once, for the budget, and never grows.
     """
 
     def __init__(self, model: Model, *, n_ctx: int | None = None, n_batch: int = 512, n_ubatch: int | None = None,
                  n_threads: int | None = None, sampling: SamplingParams | None = None, exact: bool | None = None,
-                 swa_full: bool = True):
+                 swa_full: bool = True, kv_budget: int | str | None = None, policy: str | None = None,
+                 n_sink: int = 4):
         info = model.info
+        self._policy, self.kv_budget = self._make_policy(model, kv_budget, policy, n_sink)
+        if self.kv_budget is not None:
+            if n_ctx is not None:
+                raise ValueError("give either n_ctx or kv_budget: a bounded session's cells are its budget")
+            n_ctx, swa_full = self.kv_budget.tokens, True
         n_ctx = min(4096, info.n_ctx_train) if n_ctx is None else n_ctx
         n_ubatch = n_batch if n_ubatch is None else n_ubatch
         n_threads = _usable_cpus() if n_threads is None else n_threads
@@ -118,14 +131,31 @@ class Session:
         try:
             self._ctx = native.Context(self._model._handle(), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_ubatch,
                                        n_threads=n_threads, n_threads_batch=n_threads,
-                                       flash_attn=self.profile.flash_attn, swa_full=swa_full)
+                                       flash_attn=self.profile.flash_attn, swa_full=swa_full,
+                                       bounded=self.kv_budget is not None)
         except BaseException:
             self._model.close()
             raise
-        self._tokens: list[int] = []  # tokens whose K/V are in the cache, positions 0..n-1
+        self._tokens: list[int] = []  # every processed token, at positions 0..n-1 (evicted ones included)
         self._pending: list[int] = []  # sampled but not yet decoded
         self._counters = _Counters()
         self._capture: ResidualCapture | None = None
+
+    @staticmethod
+    def _make_policy(model: Model, kv_budget, policy, n_sink):
+        from .budget import resolve_budget
+        from .policies import make_policy
+
+        if not isinstance(n_sink, int) or isinstance(n_sink, bool) or n_sink < 0:
+            raise PolicyError(f"n_sink must be an integer >= 0, not {n_sink!r}")
+        name = policy if policy is not None else ("full" if kv_budget is None else "streaming")
+        budget = None if kv_budget is None else resolve_budget(kv_budget, model, min_tokens=n_sink + 1)
+        return make_policy(name, None if budget is None else budget.tokens, n_sink=n_sink), budget
+
+    @property
+    def policy(self) -> str:
+        """The cache policy's name; fixed for the session's life."""
+        return self._policy.name
 
     # -- lifetime ----------------------------------------------------------
 
@@ -164,6 +194,7 @@ class Session:
         """Forget all tokens and the conversation; the context stays allocated."""
         self._context().memory_clear()
         self._tokens, self._pending, self.messages = [], [], []
+        self._policy.reset()
 
     def logits(self) -> np.ndarray:
         """Logits (float32, n_vocab) for the next token after the last processed one."""
@@ -178,7 +209,8 @@ class Session:
         mem = ctx.memory()
         c = self._counters
         return SessionStats(
-            n_ctx=ctx.n_ctx, n_tokens=len(self._tokens), n_prefill_tokens=c.n_prefill_tokens,
+            n_ctx=ctx.n_ctx, n_tokens=len(self._tokens), n_cached=len(self._policy.hot),
+            n_prefill_tokens=c.n_prefill_tokens,
             n_generated=c.n_generated, n_decode_steps=c.n_decode_steps, prefill_s=c.prefill_s,
             decode_s=c.decode_s, kv_bytes=mem["kv"], compute_bytes=mem["compute"], model_bytes=mem["model"],
             rss_bytes=rss_bytes(),
@@ -208,26 +240,38 @@ class Session:
         """Decode pending + ids in n_batch chunks, logits for the last token only; returns seconds."""
         ctx = self._context()
         ids = np.concatenate([np.asarray(self._pending, dtype=np.int32), ids.astype(np.int32, copy=False)])
-        if len(self._tokens) + len(ids) > ctx.n_ctx:
+        if len(self._tokens) + len(ids) > self._max_positions():
             raise ContextOverflowError(
-                f"{len(ids)} tokens do not fit: the context holds {ctx.n_ctx} and {len(self._tokens)} are used"
-            )
-        n_batch = ctx.n_batch
+                f"{len(ids)} tokens do not fit: the context holds {self._max_positions()} and "
+                f"{len(self._tokens)} are used")
+        n_batch = min(ctx.n_batch, self._policy.max_new_tokens())
         # h^(n_layer) exists only for tokens that produce outputs.
         every_output = self._capture is not None and self.model.info.n_layer in self._capture.layers
         start = time.perf_counter()
         for i in range(0, len(ids), n_batch):
             chunk = ids[i:i + n_batch]
             last = i + n_batch >= len(ids)
-            ctx.decode(chunk, len(self._tokens), outputs=2 if every_output else (1 if last else 0))
-            if self._capture is not None:
-                self._capture._add(ctx, len(self._tokens), chunk)
-            self._tokens.extend(int(t) for t in chunk)
+            self._decode(chunk, outputs=2 if every_output else (1 if last else 0))
         self._pending = []
         elapsed = time.perf_counter() - start
         self._counters.n_prefill_tokens += len(ids)
         self._counters.prefill_s += elapsed
         return elapsed
+
+    def _decode(self, chunk, outputs: int) -> None:
+        """Decode tokens after the last position, evicting first if the policy's budget needs it."""
+        ctx, pos = self._ctx, len(self._tokens)
+        self._policy.make_room(ctx, len(chunk))
+        ctx.decode(np.asarray(chunk, dtype=np.int32), pos, outputs=outputs)
+        self._policy.admitted(range(pos, pos + len(chunk)))
+        self._policy.observe(ctx, pos, len(chunk))
+        if self._capture is not None:
+            self._capture._add(ctx, pos, chunk)
+        self._tokens.extend(int(t) for t in chunk)
+
+    def _max_positions(self) -> int:
+        """How long the sequence may grow: the cells, or for a bounded session the trained context."""
+        return self.model.info.n_ctx_train if self._policy.bounded else self._ctx.n_ctx
 
     # -- reading the KV cache ------------------------------------------------
 
@@ -276,8 +320,10 @@ class Session:
         """Free the KV cells of these positions at every layer. The tokens stay part of the
         session's history; until refilled, attention no longer sees them."""
         ctx = self._context()
-        for first, last in _runs(checked_positions(positions, len(self._tokens))):
+        positions = checked_positions(positions, len(self._tokens))
+        for first, last in runs(positions):
             ctx.seq_rm(0, first, last + 1)
+        self._policy.forget(positions.tolist())
 
     def refill(self, residuals: ResidualCapture | np.ndarray, positions: Sequence[int] | np.ndarray | None = None,
                layers: range | None = None) -> None:
@@ -304,8 +350,10 @@ class Session:
         positions = checked_positions(positions, len(self._tokens) + len(extension))
         rows = checked_rows(residuals, (len(layers), len(positions), info.n_embd), "residuals")
         self._check_reinjection()
+        self._check_room(positions)
         ctx.refill(rows, positions, layers.start, layers.stop)
         self._tokens.extend(extension)
+        self._policy.admitted(positions.tolist())
 
     def forward_layers(self, h: np.ndarray, positions: Sequence[int] | np.ndarray, start: int, end: int, *,
                        logits: bool = False):
@@ -323,7 +371,9 @@ class Session:
         positions = checked_positions(positions, len(self._tokens))
         rows = checked_rows(h, (len(positions), info.n_embd), "h")
         self._check_reinjection()
+        self._check_room(positions)
         h_end, out = ctx.forward(rows, positions, layers.start, layers.stop, logits=logits)
+        self._policy.admitted(positions.tolist())
         return (h_end, out) if logits else h_end
 
     def _from_capture(self, capture: ResidualCapture, positions, layers):
@@ -357,6 +407,12 @@ class Session:
         if missing:
             raise ResidualError(f"the capture lacks positions {missing[:8]} between the session's end and {top}")
         return [by_position[p] for p in range(known, top + 1)]
+
+    def _check_room(self, positions: np.ndarray) -> None:
+        """A bounded session re-admits tokens only within its budget."""
+        budget = self._policy.budget
+        if budget is not None and len(set(self._policy.hot) | set(positions.tolist())) > budget:
+            raise ContextOverflowError(f"re-admitting these positions would exceed the KV budget of {budget} tokens")
 
     def _check_reinjection(self) -> None:
         if self.model.info.architecture not in CAPTURE_ARCHITECTURES:
@@ -426,13 +482,10 @@ class Session:
                     yield text
                 if len(run.tokens) == max_tokens:
                     break
-                if len(self._tokens) >= ctx.n_ctx:
+                if len(self._tokens) >= self._max_positions():
                     run.finish_reason = FINISH_CONTEXT
                     break
-                ctx.decode_token(token, len(self._tokens))
-                if self._capture is not None:
-                    self._capture._add(ctx, len(self._tokens), [token])
-                self._tokens.append(token)
+                self._decode([token], outputs=1)
                 self._pending = []
                 self._counters.n_decode_steps += 1
             tail = utf8.decode(b"", final=True)
@@ -483,8 +536,9 @@ class Session:
     def _reuse_prefix(self, ids: np.ndarray) -> np.ndarray:
         """Keep the cached tokens that start ``ids``, drop the rest; return the ids still to process."""
         ctx = self._context()
-        if len(ids) > ctx.n_ctx:
-            raise ContextOverflowError(f"the conversation has {len(ids)} tokens, the context holds {ctx.n_ctx}")
+        if len(ids) > self._max_positions():
+            raise ContextOverflowError(
+                f"the conversation has {len(ids)} tokens, the context holds {self._max_positions()}")
         held = self._tokens
         n = 0
         limit = min(len(held), len(ids))
@@ -495,6 +549,7 @@ class Session:
         if n < len(held):
             ctx.seq_rm(0, n, -1)
             del self._tokens[n:]
+            self._policy.truncate(n)
         self._pending = []
         return ids[n:]
 
@@ -506,13 +561,6 @@ def _checked_index(value, name: str, last: int | None = None) -> int:
         bounds = f"in [0, {last}]" if last is not None else ">= 0"
         raise IndexError(f"{name} must be an integer {bounds}, not {value!r}")
     return int(value)
-
-
-def _runs(positions: np.ndarray) -> Iterator[tuple[int, int]]:
-    """(first, last) of each run of consecutive positions in an increasing array."""
-    breaks = np.flatnonzero(np.diff(positions) != 1) + 1
-    for run in np.split(positions, breaks):
-        yield int(run[0]), int(run[-1])
 
 
 def _usable_cpus() -> int:

@@ -1,0 +1,62 @@
+"""KV budgets: how many tokens' K/V a bounded session may keep in llama.cpp's cells.
+
+A budget is a plain integer (tokens) or a byte size ("64MiB", "1.5GiB"). Bytes
+become tokens through the bytes one cell costs, read from the allocator of a
+probe context of this model (not computed from the model's dimensions).
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+
+from .errors import BudgetError
+from .memory import parse_bytes
+
+_PROBE_CELLS = 256
+_bytes_per_cell: dict[tuple, float] = {}
+
+
+@dataclass(frozen=True)
+class KVBudget:
+    tokens: int  # cells the hot set may occupy
+    bytes_per_cell: float  # measured
+    spec: str  # as the user gave it
+
+    @property
+    def bytes(self) -> int:
+        return int(self.tokens * self.bytes_per_cell)
+
+
+def measured_bytes_per_cell(model) -> float:
+    """KV buffer bytes per cell of this model, from llama.cpp's allocator (cached per weights file)."""
+    from .residuals import model_key
+    from .state_table import measured_kv_buffer
+
+    key = model_key(model)
+    if key not in _bytes_per_cell:
+        _bytes_per_cell[key] = measured_kv_buffer(model, _PROBE_CELLS) / _PROBE_CELLS
+    return _bytes_per_cell[key]
+
+
+def resolve_budget(spec, model, *, min_tokens: int) -> KVBudget:
+    """spec (int tokens, or a byte-size string; a digit-only string counts tokens, as on the CLI)
+    as a KVBudget of at least min_tokens tokens, else BudgetError."""
+    per_cell = measured_bytes_per_cell(model)
+    if isinstance(spec, bool) or not isinstance(spec, (numbers.Integral, str)):
+        raise BudgetError(f"kv_budget must be a token count or a byte size like '64MiB', not {spec!r}")
+    if isinstance(spec, str) and spec.strip().isdigit():
+        spec = int(spec.strip())
+    if isinstance(spec, numbers.Integral):
+        tokens = int(spec)
+        what = f"{tokens} tokens"
+    else:
+        try:
+            n_bytes = parse_bytes(spec)
+        except ValueError as exc:
+            raise BudgetError(str(exc)) from None
+        tokens = int(n_bytes // per_cell)
+        what = f"{spec!r} ({tokens} tokens of {per_cell:.0f} bytes)"
+    if tokens < min_tokens:
+        raise BudgetError(f"a KV budget of {what} cannot hold the {min_tokens - 1} sink tokens plus one token")
+    return KVBudget(tokens=tokens, bytes_per_cell=per_cell, spec=str(spec))

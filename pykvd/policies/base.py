@@ -1,0 +1,85 @@
+"""The shared base of every cache policy: the hot set (the positions whose K/V live in
+llama.cpp's cells), the budget it must respect, and eviction through the context."""
+
+from __future__ import annotations
+
+import bisect
+
+import numpy as np
+
+
+class CachePolicy:
+    """Keeps the hot set within ``budget`` cells, evicting what ``victims`` chooses.
+
+    Subclasses choose victims; the base does the book-keeping and the llama.cpp
+    calls. Positions are never shifted: a token keeps the position it was decoded
+    at, so evicted tokens can later be recomputed exactly.
+    """
+
+    name = ""
+    lossless = False  # True: the output equals the full cache's
+    needs_attention = False  # True: victims depend on llama.cpp's attention weights
+
+    def __init__(self, budget: int | None, *, n_sink: int = 4):
+        self.budget = budget
+        self.n_sink = n_sink
+        self.hot: list[int] = []  # sorted positions held in cells
+
+    @property
+    def bounded(self) -> bool:
+        return self.budget is not None
+
+    @property
+    def protected(self) -> int:
+        """Hot tokens no eviction may take (the sinks, for policies that keep them)."""
+        return 0
+
+    def max_new_tokens(self) -> int:
+        """The most tokens one decode may add: they all need cells at once."""
+        return self.budget - self.protected if self.bounded else 1 << 31
+
+    def make_room(self, ctx, n_new: int) -> list[int]:
+        """Evict enough hot tokens for n_new more; returns the evicted positions."""
+        if not self.bounded:
+            return []
+        excess = len(self.hot) + n_new - self.budget
+        if excess <= 0:
+            return []
+        victims = sorted(self.victims(excess))
+        if len(victims) != excess or len(set(victims)) != excess or not set(victims) <= set(self.hot):
+            raise AssertionError(f"{self.name} chose {victims} to evict {excess} of {len(self.hot)} hot tokens")
+        for first, last in runs(np.asarray(victims)):
+            ctx.seq_rm(0, first, last + 1)
+        self.forget(victims)
+        return victims
+
+    def victims(self, n: int) -> list[int]:
+        """n hot positions to evict."""
+        raise NotImplementedError
+
+    def admitted(self, positions) -> None:
+        for p in positions:
+            i = bisect.bisect_left(self.hot, p)
+            if i == len(self.hot) or self.hot[i] != p:
+                self.hot.insert(i, p)
+
+    def forget(self, positions) -> None:
+        gone = set(int(p) for p in positions)
+        self.hot = [p for p in self.hot if p not in gone]
+
+    def truncate(self, n: int) -> None:
+        """The sequence was cut back to its first n positions."""
+        self.hot = self.hot[:bisect.bisect_left(self.hot, n)]
+
+    def observe(self, ctx, first_pos: int, n: int) -> None:
+        """Called after every decode of n tokens at first_pos (attention-based policies read scores)."""
+
+    def reset(self) -> None:
+        self.hot = []
+
+
+def runs(positions: np.ndarray):
+    """(first, last) of each run of consecutive positions in an increasing array."""
+    breaks = np.flatnonzero(np.diff(positions) != 1) + 1
+    for run in np.split(positions, breaks):
+        yield int(run[0]), int(run[-1])
