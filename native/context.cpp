@@ -18,7 +18,7 @@ using TokenArray = py::array_t<int32_t, py::array::c_style | py::array::forcecas
 
 std::unique_ptr<Context> create(const Model & model, uint32_t n_ctx, uint32_t n_batch, uint32_t n_ubatch,
                                 int32_t n_threads, int32_t n_threads_batch, int flash_attn,
-                                uint32_t n_seq_max, bool swa_full, bool bounded) {
+                                uint32_t n_seq_max, bool swa_full, bool bounded, int32_t attention_window) {
     llama_context_params params = llama_context_default_params();
     params.n_ctx = n_ctx;
     params.n_batch = n_batch;
@@ -31,6 +31,16 @@ std::unique_ptr<Context> create(const Model & model, uint32_t n_ctx, uint32_t n_
     params.swa_full = swa_full;
     auto out = std::make_unique<Context>();
     out->model = model.handle;
+    if (attention_window > 0) {
+        // llama.cpp's attention weights exist as tensors only without flash attention.
+        if (params.flash_attn_type != LLAMA_FLASH_ATTN_TYPE_DISABLED) {
+            throw py::value_error("recording attention needs flash attention off");
+        }
+        out->attention = std::make_unique<AttentionRecorder>();
+        out->attention->window = attention_window;
+        params.cb_eval = &AttentionRecorder::callback;
+        params.cb_eval_user_data = out->attention.get();
+    }
     if (!out->model) throw ClosedError("model is closed");
     clear_recent_log();
     {
@@ -72,6 +82,7 @@ int32_t decode(Context & self, const int32_t * tokens, int32_t n, llama_pos pos0
         py::gil_scoped_release nogil;
         std::lock_guard<std::mutex> guard(self.lock);
         if (!self.ctx) throw ClosedError("context is closed");
+        if (self.attention) self.attention->clear(llama_model_n_layer(self.model->model));
         // A bounded cache may have evicted the sequence's last tokens: decode past the gap.
         rc = self.bounded ? llama_kvd_decode(self.ctx, batch) : llama_decode(self.ctx, batch);
     }
@@ -187,9 +198,10 @@ void bind_context(py::module_ & m) {
     cls
         .def(py::init(&create), py::arg("model"), py::arg("n_ctx"), py::arg("n_batch"), py::arg("n_ubatch"),
              py::arg("n_threads"), py::arg("n_threads_batch"), py::arg("flash_attn"), py::arg("n_seq_max") = 1,
-             py::arg("swa_full") = true, py::arg("bounded") = false,
+             py::arg("swa_full") = true, py::arg("bounded") = false, py::arg("attention_window") = 0,
              "bounded: the KV cache gets exactly n_ctx cells (llama.cpp rounds up to 256 otherwise) and\n"
-             "decoding may continue past evicted positions.")
+             "decoding may continue past evicted positions. attention_window > 0: record llama.cpp's\n"
+             "attention weights at every decode (see attention_scores).")
         .def("close", &Context::free)
         .def_property_readonly("closed", [](const Context & s) { return s.ctx == nullptr; })
         .def_property_readonly("n_ctx", [](const Context & s) { return llama_n_ctx(s.get()); })
@@ -239,6 +251,7 @@ void bind_context(py::module_ & m) {
         }, py::arg("data"), py::arg("seq_id") = 0)
         .def("set_threads", [](Context & s, int32_t n, int32_t n_batch) { llama_set_n_threads(s.get(), n, n_batch); });
     bind_reinject(cls);
+    bind_attention(cls);
 }
 
 }  // namespace pykvd

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "ggml-backend.h"
 #include "llama.h"
 
 namespace py = pybind11;
@@ -48,6 +49,15 @@ struct Model {
     }
 };
 
+// Per-cell sums of llama.cpp's attention weights during the last decode, one vector per layer
+// (native/attention.cpp). Filled by a graph callback while llama.cpp computes.
+struct AttentionRecorder {
+    int32_t window = 32;  // final query rows summed separately (snapkv's observation window)
+    std::vector<std::vector<double>> total, last, recent;
+    static bool callback(struct ggml_tensor * t, bool ask, void * user_data);
+    void clear(int32_t n_layer);
+};
+
 // A llama.cpp context. `lock` serialises compute against close() from another
 // thread, since compute runs with the GIL released.
 struct Context {
@@ -57,6 +67,7 @@ struct Context {
     std::vector<int32_t> capture_layers;  // residual layers captured at each decode (P1)
     int32_t n_captured = 0;               // rows captured by the last decode (0: none yet)
     bool bounded = false;                 // exact-size cache that evicts: decode with llama_kvd_decode
+    std::unique_ptr<AttentionRecorder> attention;  // set when the context records attention
     std::mutex lock;
     ~Context() { free(); }
     void free() {
@@ -74,5 +85,6 @@ void bind_model(py::module_ & m);
 void bind_context(py::module_ & m);
 void bind_sampler(py::module_ & m);
 void bind_reinject(py::class_<Context> & cls);
+void bind_attention(py::class_<Context> & cls);
 
 }  // namespace pykvd

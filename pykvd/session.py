@@ -16,7 +16,7 @@ from .errors import (ContextOverflowError, PolicyError, PromptError, ResidualErr
                      UnsupportedArchitectureError)
 from .memory import rss_bytes
 from .model import Message, Model
-from .profile import RuntimeProfile
+from .profile import FLASH_ATTN_OFF, RuntimeProfile
 from .policies.base import runs
 from .residuals import ResidualCapture, checked_layer_range, checked_positions, checked_rows, model_key
 from .sampling import SamplingParams
@@ -122,17 +122,22 @@ class Session:
                 raise ValueError(f"{name} must be a positive integer below 2**31, not {value!r}")
         if n_ubatch > n_batch:
             raise ValueError("n_ubatch cannot exceed n_batch")
+        self.profile = model.profile if exact is None else RuntimeProfile.of(exact)
+        if self._policy.needs_attention and self.profile.flash_attn != FLASH_ATTN_OFF:
+            raise PolicyError(f"policy {self._policy.name!r} reads llama.cpp's attention weights, which exist only "
+                              "with flash attention off: use the exact profile")
         self.model = model
         # The session's own view of the weights, usable even after model.close().
         self._model = model._share()
-        self.profile = model.profile if exact is None else RuntimeProfile.of(exact)
         self.sampling = sampling or SamplingParams()
         self.messages: list[Message] = []
         try:
             self._ctx = native.Context(self._model._handle(), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_ubatch,
                                        n_threads=n_threads, n_threads_batch=n_threads,
                                        flash_attn=self.profile.flash_attn, swa_full=swa_full,
-                                       bounded=self.kv_budget is not None)
+                                       bounded=self.kv_budget is not None,
+                                       attention_window=getattr(self._policy, "window", 1)
+                                       if self._policy.needs_attention else 0)
         except BaseException:
             self._model.close()
             raise

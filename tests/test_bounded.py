@@ -165,3 +165,67 @@ def test_cli_bounded_run_and_bad_budgets():
         result = cli("run", "smollm2", "-p", PROMPT, "-n", "2", *bad)
         assert result.returncode == 2 and result.stderr.startswith("pykvd: error:"), (bad, result.stderr)
     assert cli("run", "smollm2", "-p", PROMPT, "--policy", "bogus").returncode == 2
+
+
+# -- the attention-based policies ------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["smollm2", "gemma3"])
+def test_attention_scores_come_from_llamacpp(request, name):
+    """Each query row's weights sum to 1 over the held positions (averaged over heads and layers)."""
+    from pykvd._llama import native
+
+    model = request.getfixturevalue(name)
+    ids = model.tokenize(PROMPT)
+    ctx = native.Context(model._handle(), n_ctx=256, n_batch=64, n_ubatch=64, n_threads=1, n_threads_batch=1,
+                         flash_attn=0, attention_window=8)
+    ctx.decode(ids, 0, outputs=1)
+    positions, total, last, window = ctx.attention_scores()
+    assert positions.tolist() == list(range(len(ids)))
+    assert total.sum() == pytest.approx(len(ids), rel=1e-6)
+    assert last.sum() == pytest.approx(1.0, rel=1e-6) and window.sum() == pytest.approx(8.0, rel=1e-6)
+    assert np.argmax(last) == 0  # the attention sink
+    with pytest.raises(ValueError, match="flash attention"):
+        native.Context(model._handle(), n_ctx=256, n_batch=64, n_ubatch=64, n_threads=1, n_threads_batch=1,
+                       flash_attn=1, attention_window=8)
+
+
+def test_h2o_keeps_the_recent_half_and_the_heaviest(smollm2):
+    with smollm2.session(kv_budget=32, policy="h2o") as session:
+        session.feed(" ".join([PROMPT] * 3))
+        session.generate(max_tokens=10, stop_at_eog=False)
+        held = hot_positions(session)
+        n = len(session.tokens) - 1
+        assert len(held) == 32 and held[-16:] == list(range(n - 16, n))
+        assert 0 in held  # the sink gathers the most attention
+
+
+def test_tova_evicts_what_the_current_query_ignores(smollm2):
+    with smollm2.session(kv_budget=24, policy="tova") as session:
+        session.feed(PROMPT)
+        session.generate(max_tokens=12, stop_at_eog=False)
+        assert session.stats.n_cached == 24 and 0 in hot_positions(session)
+
+
+def test_snapkv_keeps_the_observation_window(smollm2):
+    with smollm2.session(kv_budget=32, policy="snapkv") as session:
+        session.feed(" ".join([PROMPT] * 2))
+        n = len(session.tokens)
+        held = hot_positions(session)
+        assert held[-8:] == list(range(n - 8, n))  # window = budget // 4
+        assert len(held) == 32
+
+
+@pytest.mark.parametrize("policy", ["h2o", "tova", "snapkv"])
+def test_attention_policies_need_the_exact_profile(smollm2, policy):
+    with pytest.raises(PolicyError, match="flash attention"):
+        smollm2.session(kv_budget=64, policy=policy, exact=False)
+
+
+@pytest.mark.parametrize("policy", ["h2o", "tova", "snapkv"])
+def test_attention_policies_on_every_synthetic_architecture(tiny_model, policy):
+    with tiny_model.session(kv_budget=24, policy=policy) as session:
+        before = session.stats.kv_bytes
+        session.feed(PROMPT)
+        session.generate(max_tokens=12, stop_at_eog=False)
+        assert session.stats.kv_bytes == before and session.stats.n_cached == 24

@@ -6,10 +6,15 @@ from __future__ import annotations
 from ..errors import PolicyError
 from .base import CachePolicy
 from .full import FullCache
+from .h2o import HeavyHitters
+from .snapkv import SnapKV
 from .streaming import StreamingSinks
+from .tova import TokenOmission
 from .window import RecentWindow
 
-POLICIES: dict[str, type[CachePolicy]] = {cls.name: cls for cls in (FullCache, RecentWindow, StreamingSinks)}
+POLICIES: dict[str, type[CachePolicy]] = {
+    cls.name: cls for cls in (FullCache, RecentWindow, StreamingSinks, HeavyHitters, TokenOmission, SnapKV)
+}
 
 
 def make_policy(name: str, budget: int | None, *, n_sink: int = 4) -> CachePolicy:

@@ -35,8 +35,13 @@ class CachePolicy:
         return 0
 
     def max_new_tokens(self) -> int:
-        """The most tokens one decode may add: they all need cells at once."""
-        return self.budget - self.protected if self.bounded else 1 << 31
+        """The most tokens one decode may add: they all need cells at once. Policies that choose
+        by attention take half of what they could, so that part of the older tokens can survive
+        each chunk of a prompt longer than the budget."""
+        if not self.bounded:
+            return 1 << 31
+        free = self.budget - self.protected
+        return max(1, free // 2) if self.needs_attention else free
 
     def make_room(self, ctx, n_new: int) -> list[int]:
         """Evict enough hot tokens for n_new more; returns the evicted positions."""
@@ -83,3 +88,27 @@ def runs(positions: np.ndarray):
     breaks = np.flatnonzero(np.diff(positions) != 1) + 1
     for run in np.split(positions, breaks):
         yield int(run[0]), int(run[-1])
+
+
+class ScoredCache(CachePolicy):
+    """A policy that evicts the lowest-scoring tokens outside its protected recent tokens;
+    subclasses say how ``observe`` turns llama.cpp's attention into scores."""
+
+    needs_attention = True
+
+    def __init__(self, budget: int | None, *, n_sink: int = 4):
+        super().__init__(budget, n_sink=n_sink)
+        self.score: dict[int, float] = {}
+
+    def victims(self, n: int) -> list[int]:
+        candidates = self.hot[:len(self.hot) - self.protected]
+        return sorted(candidates, key=lambda p: (self.score.get(p, 0.0), p))[:n]
+
+    def forget(self, positions) -> None:
+        super().forget(positions)
+        for p in positions:
+            self.score.pop(int(p), None)
+
+    def reset(self) -> None:
+        super().reset()
+        self.score = {}
