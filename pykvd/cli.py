@@ -1,4 +1,4 @@
-"""The pykvd command line: run, chat, info, verify, models, paths.
+"""The pykvd command line: run, chat, info, plan, verify, models, paths.
 
 Generated text goes to stdout and nothing else does; progress, statistics and
 errors go to stderr. Any error caused by the user's input ends the command with
@@ -61,6 +61,14 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("--measure-ctx", type=int, default=4096, metavar="N",
                       help="context size at which to measure llama.cpp's KV buffer (default 4096)")
     info.set_defaults(handler=_cmd_info)
+
+    plan = sub.add_parser("plan", help="bytes held and per-step recompute of every policy for a context and budget")
+    _model_arg(plan, optional=False)
+    plan.add_argument("--context", type=int, required=True, metavar="N", help="tokens in the conversation")
+    plan.add_argument("--kv-budget", required=True, metavar="B", help="tokens (512) or bytes (64MiB)")
+    plan.add_argument("--sinks", type=int, default=4, metavar="N")
+    plan.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    plan.set_defaults(handler=_cmd_plan)
 
     verify = sub.add_parser("verify", help="check that K/V rebuilt from the residual stream are bit-exact")
     verify.add_argument("models", nargs="*", metavar="MODEL",
@@ -278,6 +286,23 @@ def _cmd_info(args) -> int:
         if swa:
             print(f"measured: with sliding-window layers keeping only their window (swa_full=False): {kv_window} bytes "
                   f"({kv_window / n_ctx:.0f} per token of context)")
+    return 0
+
+
+def _cmd_plan(args) -> int:
+    from dataclasses import asdict
+
+    from .budget import resolve_budget
+    from .plan import format_plan, plan
+
+    with _load(args) as model:
+        budget = resolve_budget(args.kv_budget, model, min_tokens=args.sinks + 1)
+        rows = plan(model, args.context, budget.tokens, n_sink=args.sinks)
+        if args.json:
+            print(json.dumps({"context": args.context, "budget_tokens": budget.tokens,
+                              "rows": [asdict(r) for r in rows]}, indent=2))
+        else:
+            print(format_plan(model, args.context, budget.tokens, rows))
     return 0
 
 

@@ -1,0 +1,84 @@
+"""What each policy implies for a model, a context length and a KV budget: the bytes it holds
+and the recomputation each decode step costs. This is arithmetic over the model's real
+dimensions (tensor shapes from the GGUF, the KV bytes per cell measured from llama.cpp's
+allocator); the benchmarks measure what actually happens.
+
+Per decode step, with E = context - budget evicted tokens:
+- lossy policies (window, streaming, h2o, tova, snapkv) forget E tokens: nothing to recompute;
+- kvdirect with ``tokens`` checkpoints (4-byte ids) re-runs the E tokens through every layer:
+  2 FLOPs per weight element of each layer per token, plus their attention over the sinks and
+  the evicted tokens before them (4 * n_head * head_dim * (n_sink + E/2) per token per layer);
+- kvdirect with ``residuals`` checkpoints keeps h^(l) of every layer (float32, as pykvd stores
+  them) and re-runs only the K/V projections: 2 * n_embd * (K width + V width) per token per layer.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .budget import measured_bytes_per_cell
+from .gguf_file import read_header
+
+LOSSY = ("window", "streaming", "h2o", "tova", "snapkv")
+_BLOCK = re.compile(r"blk\.(\d+)\.")
+
+
+@dataclass(frozen=True)
+class PlanRow:
+    policy: str
+    checkpoint: str  # "-" for policies without checkpoints
+    kv_bytes: int  # llama.cpp's KV buffer
+    checkpoint_bytes: int  # what the policy keeps besides it
+    forgotten_tokens: int  # tokens whose K/V are gone for good
+    recompute_gflop_per_step: float
+    exact: bool
+
+
+def weights_per_layer(model) -> list[int]:
+    """Weight elements of every layer's tensors (blk.<i>.*), read from the GGUF header."""
+    counts = [0] * model.info.n_layer
+    for tensor in read_header(model.path).tensors:
+        match = _BLOCK.match(tensor.name)
+        if match and int(match.group(1)) < len(counts):
+            elements = 1
+            for dim in tensor.shape:
+                elements *= dim
+            counts[int(match.group(1))] += elements
+    return counts
+
+
+def plan(model, context: int, budget: int, *, n_sink: int = 4) -> list[PlanRow]:
+    """One row per policy (and per checkpoint kind of kvdirect) for this context and budget."""
+    if context < 1 or budget < n_sink + 1:
+        raise ValueError("the context must be positive and the budget must hold the sinks plus one token")
+    info = model.info
+    per_cell = measured_bytes_per_cell(model)
+    hot = min(budget, context)
+    evicted = context - hot
+    rows = [PlanRow("full", "-", int(context * per_cell), 0, 0, 0.0, True)]
+    for name in LOSSY:
+        rows.append(PlanRow(name, "-", int(hot * per_cell), 0, evicted, 0.0, False))
+
+    layers = info.layers
+    matmul = sum(2 * w for w in weights_per_layer(model)) * evicted
+    attention = sum(4 * layer.n_head * layer.head_dim_k * (n_sink + evicted / 2) for layer in layers) * evicted
+    rows.append(PlanRow("kvdirect", "tokens", int(hot * per_cell), 4 * evicted, 0, (matmul + attention) / 1e9, True))
+    projections = sum(2 * info.n_embd * (layer.n_embd_k_gqa + layer.n_embd_v_gqa) for layer in layers) * evicted
+    residual_bytes = 4 * info.n_embd * info.n_layer * evicted
+    rows.append(PlanRow("kvdirect", "residuals", int(hot * per_cell), residual_bytes, 0, projections / 1e9, True))
+    return rows
+
+
+def format_plan(model, context: int, budget: int, rows: list[PlanRow]) -> str:
+    from .memory import format_bytes
+
+    lines = [f"{model.path.name}: context {context} tokens, KV budget {budget} tokens "
+             f"({measured_bytes_per_cell(model):.0f} bytes per cell, measured)",
+             f"{'policy':<10} {'checkpoint':<10} {'KV buffer':>12} {'checkpoints':>12} {'total':>12} "
+             f"{'forgotten':>9} {'GFLOP/step':>11}  exact"]
+    for r in rows:
+        lines.append(f"{r.policy:<10} {r.checkpoint:<10} {format_bytes(r.kv_bytes):>12} "
+                     f"{format_bytes(r.checkpoint_bytes):>12} {format_bytes(r.kv_bytes + r.checkpoint_bytes):>12} "
+                     f"{r.forgotten_tokens:>9} {r.recompute_gflop_per_step:>11.3f}  {'yes' if r.exact else 'no'}")
+    return "\n".join(lines)
