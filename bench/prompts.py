@@ -40,10 +40,11 @@ inland.
 _SENTENCES = tuple(" ".join(paragraph.split()) for paragraph in _TEXT.strip().split("\n\n"))
 
 
-def build_prompt(model, n_tokens: int) -> str:
-    """Text of at least n_tokens tokens for this model, made of whole sentences."""
+def build_prompt(model, n_tokens: int, start: int = 0) -> str:
+    """Text of at least n_tokens tokens for this model, made of whole sentences, beginning with
+    sentence ``start`` (different starts give different prompts)."""
     parts: list[str] = []
-    i = 0
+    i = start
     while True:
         parts.append(_SENTENCES[i % len(_SENTENCES)])
         i += 1
