@@ -13,13 +13,13 @@ Usage: python bench/chat.py [--model smollm2 gemma3] [--budget 128] [--policies 
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
 
 import pykvd
+from common import parser, pyplot, save
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SYSTEM = "You are a helpful travel guide. Answer briefly."
@@ -79,11 +79,7 @@ def run_model(name: str, budget: int, policies: list[str]) -> dict:
 
 
 def plot(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4.2), squeeze=False)
     for ax, (name, result) in zip(axes[0], results.items()):
         for label, turns in result["configs"].items():
@@ -92,13 +88,11 @@ def plot(results: dict, path: Path) -> None:
         ax.set_ylabel("KV buffer (MiB, allocator)")
         ax.set_title(f"{name}: twenty-turn chat")
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save(fig, path)
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", nargs="+", default=["smollm2", "gemma3"])
+    p = parser(__doc__)
     p.add_argument("--budget", type=int, default=128)
     p.add_argument("--policies", nargs="+", default=["streaming"])
     p.add_argument("--out", type=Path, default=RESULTS / "chat.json")

@@ -33,23 +33,13 @@ from pathlib import Path
 
 import numpy as np
 
+from common import kl, parser, softmax
 from prompts import build_prompt
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DONOR = "The old lighthouse keeper climbed the stairs every evening to light the lamp for the ships"
 RECIPIENT = "A young baker in the village rose before dawn each morning to knead bread for the market"
 INVARIANCE_TOKENS = 160  # past 64 query rows, where flash attention switches to its tiled kernel
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64) - logits.max()
-    p = np.exp(z)
-    return p / p.sum()
-
-
-def kl(p: np.ndarray, q: np.ndarray) -> float:
-    mask = p > 0
-    return float(np.sum(p[mask] * (np.log(p[mask]) - np.log(np.maximum(q[mask], 1e-300)))))
 
 
 def residual_patching(model) -> dict:
@@ -115,8 +105,7 @@ def _fast_profile_in_child(name: str) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", nargs="+", default=["smollm2", "gemma3"])
+    p = parser(__doc__)
     p.add_argument("--out", type=Path, default=RESULTS / "consistency.json")
     p.add_argument("--child-fast", metavar="MODEL", help=argparse.SUPPRESS)
     args = p.parse_args(argv)

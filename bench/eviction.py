@@ -19,7 +19,6 @@ Usage: python bench/eviction.py [--model smollm2 gemma3] [--contexts 5] [--budge
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 import pykvd
+from common import kl, parser, pyplot, save, softmax
 SEEDS = (
     "Write a story about a lighthouse keeper who finds a message in a bottle.",
     "Explain how a steam engine works, step by step, for a curious student.",
@@ -40,17 +40,6 @@ SEEDS = (
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CONTEXT, GENERATED = 512, 50
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64) - logits.max()
-    p = np.exp(z)
-    return p / p.sum()
-
-
-def kl(p: np.ndarray, q: np.ndarray) -> float:
-    mask = p > 0
-    return float(np.sum(p[mask] * (np.log(p[mask]) - np.log(np.maximum(q[mask], 1e-300)))))
 
 
 def greedy(session, n: int) -> tuple[list[int], list[np.ndarray]]:
@@ -134,11 +123,7 @@ def summarize(rows: list[dict], policies: list[str], budgets: list[int]) -> dict
 
 
 def plot(results: dict, budgets: list[int], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(2, len(results), figsize=(6 * len(results), 8), squeeze=False)
     for col, (name, result) in enumerate(results.items()):
         for policy, by_budget in result["table"].items():
@@ -150,13 +135,11 @@ def plot(results: dict, budgets: list[int], path: Path) -> None:
             axes[row][col].set_xlabel("KV budget (tokens) of a 512-token context")
             axes[row][col].legend(fontsize=8)
         axes[1][col].set_yscale("symlog", linthresh=1e-3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save(fig, path)
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", nargs="+", default=["smollm2", "gemma3"])
+    p = parser(__doc__)
     p.add_argument("--contexts", type=int, default=5)
     p.add_argument("--budgets", nargs="+", type=int, default=[32, 64, 128, 256, 384])
     p.add_argument("--policies", nargs="+", default=["window", "streaming", "h2o", "tova", "snapkv"])

@@ -17,7 +17,6 @@ Usage: python bench/recompute.py [--model smollm2 gemma3] [--tokens 1 4 16 64 25
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 import pykvd
+from common import parser, pyplot, save
 from prompts import build_prompt
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -76,11 +76,7 @@ def run_model(name: str, sizes: list[int], repeats: int) -> dict:
 
 
 def plot(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, result in results.items():
         ns = [r["n_tokens"] for r in result["rows"]]
@@ -93,13 +89,11 @@ def plot(results: dict, path: Path) -> None:
     ax.set_xlabel("N (tokens)")
     ax.set_ylabel("ms per call, one layer (median)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save(fig, path)
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", nargs="+", default=["smollm2", "gemma3"])
+    p = parser(__doc__)
     p.add_argument("--tokens", nargs="+", type=int, default=[1, 4, 16, 64, 256, 1024, 4096])
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--out", type=Path, default=RESULTS / "recompute.json")

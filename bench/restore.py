@@ -30,7 +30,6 @@ Usage: python bench/restore.py [--model smollm2 gemma3] [--tokens 128 512 2048] 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -42,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 import pykvd
+from common import parser, pyplot, save
 from prompts import build_prompt
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -145,11 +145,7 @@ def bench_one(model, n_tokens: int, repeats: int) -> dict:
 
 
 def plot(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     models = list(results)
     fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.2), squeeze=False)
     for ax, name in zip(axes[0], models):
@@ -163,13 +159,11 @@ def plot(results: dict, path: Path) -> None:
         ax.set_ylabel("seconds to restore (median)")
         ax.set_title(f"{name}: K/V of N evicted tokens back into cells")
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save(fig, path)
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", nargs="+", default=["smollm2", "gemma3"])
+    p = parser(__doc__)
     p.add_argument("--tokens", nargs="+", type=int, default=[128, 512, 2048])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", type=Path, default=RESULTS / "restore.json")
