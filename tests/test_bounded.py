@@ -229,3 +229,17 @@ def test_attention_policies_on_every_synthetic_architecture(tiny_model, policy):
         session.feed(PROMPT)
         session.generate(max_tokens=12, stop_at_eog=False)
         assert session.stats.kv_bytes == before and session.stats.n_cached == 24
+
+
+def test_cli_chat_prints_memory_every_turn():
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "pykvd", "chat", "smollm2", "--kv-budget", "48", "-n", "24"],
+                            input="Name three colours.\nName three animals.\nAnd three cities?\n",
+                            capture_output=True, text=True, cwd="/", timeout=300)
+    assert result.returncode == 0, result.stderr
+    turns = [line for line in result.stderr.splitlines() if "cells |" in line]
+    assert [line.split(":")[1].strip() for line in turns] == ["turn 1", "turn 2", "turn 3"]
+    assert all("in 48 cells" in line for line in turns)
+    assert result.stderr.count("KV buffer 1.05 MiB") == 3  # 48 x 23040 bytes, every turn
