@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 import pykvd
+from pykvd.verify import greedy_steps
 from common import kl, parser, pyplot, save, softmax
 SEEDS = (
     "Write a story about a lighthouse keeper who finds a message in a bottle.",
@@ -40,16 +41,6 @@ SEEDS = (
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CONTEXT, GENERATED = 512, 50
-
-
-def greedy(session, n: int) -> tuple[list[int], list[np.ndarray]]:
-    tokens, logits = [], []
-    for _ in range(n):
-        row = session.logits().copy()
-        tokens.append(int(np.argmax(row)))
-        logits.append(row)
-        session.feed([tokens[-1]])
-    return tokens, logits
 
 
 def teacher_forced(session, tokens: list[int]) -> list[np.ndarray]:
@@ -89,13 +80,13 @@ def run_model(name: str, n_contexts: int, budgets: list[int], policies: list[str
         for i, ids in enumerate(contexts):
             with model.session(n_ctx=CONTEXT + GENERATED + 8) as full:
                 full.feed(ids)
-                ref_tokens, ref_logits = greedy(full, GENERATED)
+                ref_tokens, ref_logits = greedy_steps(full, GENERATED)
             for policy in policies:
                 for budget in budgets:
                     start = time.perf_counter()
                     with model.session(kv_budget=budget, policy=policy) as free:
                         free.feed(ids)
-                        free_tokens, _ = greedy(free, GENERATED)
+                        free_tokens, _ = greedy_steps(free, GENERATED)
                         kv_bytes = free.stats.kv_bytes
                     with model.session(kv_budget=budget, policy=policy) as forced:
                         forced.feed(ids)

@@ -40,17 +40,17 @@ class ResidualCapture:
 
     @property
     def residuals(self) -> dict[int, np.ndarray]:
-        return {layer: np.concatenate(rows) if rows else np.zeros((0, 0), np.float32)
-                for layer, rows in self._rows.items()}
+        """Read-only arrays; reading them again costs no copy."""
+        return {layer: _joined(rows, (0, 0), np.float32) for layer, rows in self._rows.items()}
 
     @property
     def positions(self) -> np.ndarray:
-        return np.concatenate(self._positions) if self._positions else np.zeros(0, np.int32)
+        return _joined(self._positions, (0,), np.int32)
 
     @property
     def tokens(self) -> np.ndarray:
         """The token id at each captured position: residuals plus these ids are a full checkpoint."""
-        return np.concatenate(self._tokens) if self._tokens else np.zeros(0, np.int32)
+        return _joined(self._tokens, (0,), np.int32)
 
     def stack(self, layers: range, positions: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
         """float32 [len(layers), n_tokens, n_embd]: h^(l) of these layers for these positions
@@ -67,8 +67,20 @@ class ResidualCapture:
             if absent:
                 raise ResidualError(f"positions {absent[:8]} were not captured")
             rows = np.array([index[int(p)] for p in wanted], dtype=np.int64)
-        all_rows = self.residuals
-        return np.ascontiguousarray(np.stack([all_rows[layer][rows] for layer in layers]))
+        return np.ascontiguousarray(np.stack([_joined(self._rows[layer], (0, 0), np.float32)[rows]
+                                              for layer in layers]))
+
+
+def _joined(chunks: list[np.ndarray], empty_shape: tuple[int, ...], dtype) -> np.ndarray:
+    """The chunks (one per decode) as one read-only array. The joined array replaces the chunks,
+    so later reads do not concatenate again, and rows added afterwards still join it."""
+    if not chunks:
+        return np.zeros(empty_shape, dtype)
+    if len(chunks) > 1:
+        chunks[:] = [np.concatenate(chunks)]
+    view = chunks[0].view()
+    view.flags.writeable = False
+    return view
 
 
 def checked_positions(positions, n_known: int) -> np.ndarray:

@@ -136,8 +136,7 @@ class Session:
                                        n_threads=n_threads, n_threads_batch=n_threads,
                                        flash_attn=self.profile.flash_attn, swa_full=swa_full,
                                        bounded=self.kv_budget is not None,
-                                       attention_window=getattr(self._policy, "window", 1)
-                                       if self._policy.needs_attention else 0)
+                                       attention_window=self._policy.attention_window)
         except BaseException:
             self._model.close()
             raise

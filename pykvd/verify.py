@@ -61,8 +61,9 @@ def _session(model: Model, n_tokens: int) -> Session:
     return model.session(n_ctx=max(256, n_tokens + 8))
 
 
-def _greedy_logits(session: Session, n_steps: int) -> tuple[list[int], list[np.ndarray]]:
-    """n_steps greedy steps from the session's current logits, each decoding one token."""
+def greedy_steps(session: Session, n_steps: int) -> tuple[list[int], list[np.ndarray]]:
+    """n_steps greedy steps from the session's current logits, each decoding one token; returns the
+    tokens and the logits each was chosen from."""
     tokens, logits = [], []
     for _ in range(n_steps):
         row = session.logits().copy()
@@ -86,7 +87,7 @@ def recoverability(model: Model, prompt: str = PROMPT, n_decode: int = 16) -> li
     with _session(model, n_tokens) as original, _session(model, n_tokens) as rebuilt:
         with original.capture(range(n_layer)) as capture:
             original.feed(prompt)
-            _greedy_logits(original, n_decode)
+            greedy_steps(original, n_decode)
         rebuilt.refill(capture)
         swa = set(model.info.swa_layers)
         checks = []
@@ -107,7 +108,7 @@ def cacheless(model: Model, prompt: str = PROMPT, n_steps: int = 64) -> StepsChe
     n_tokens = len(model.tokenize(prompt)) + n_steps
     with _session(model, n_tokens) as cached, _session(model, n_tokens) as fresh:
         cached.feed(prompt)
-        ref = _greedy_logits(cached, n_steps)
+        ref = greedy_steps(cached, n_steps)
         ids = list(model.tokenize(prompt))
         tokens, logits = [], []
         for _ in range(n_steps):
@@ -128,7 +129,7 @@ def restore(model: Model, prompt: str = PROMPT, n_steps: int = 32) -> list[Steps
     n_tokens = len(model.tokenize(prompt)) + n_steps
     with _session(model, n_tokens) as never_evicted:
         never_evicted.feed(prompt)
-        ref = _greedy_logits(never_evicted, n_steps)
+        ref = greedy_steps(never_evicted, n_steps)
 
     def p3_from(c):
         def method(session, capture):
@@ -152,7 +153,7 @@ def restore(model: Model, prompt: str = PROMPT, n_steps: int = 32) -> list[Steps
                 session.feed(prompt)
             session.evict(capture.positions)
             method(session, capture)
-            checks.append(_compare(name, ref, _greedy_logits(session, n_steps)))
+            checks.append(_compare(name, ref, greedy_steps(session, n_steps)))
     return checks
 
 

@@ -5,19 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pykvd.verify import cacheless, recoverability, restore
+from pykvd.verify import cacheless, greedy_steps, recoverability, restore
 
 PROMPT = "Keys and values are projections of the residual stream, so an evicted cache can come back."
 
 
 def greedy(session, n_steps):
-    """Greedy tokens and the logits each was chosen from, one decoded token per step."""
-    tokens, logits = [], []
-    for _ in range(n_steps):
-        row = session.logits().copy()
-        tokens.append(int(np.argmax(row)))
-        logits.append(row)
-        session.feed([tokens[-1]])
+    """Greedy tokens and the logits each was chosen from, stacked."""
+    tokens, logits = greedy_steps(session, n_steps)
     return tokens, np.stack(logits)
 
 

@@ -19,6 +19,7 @@ class CachePolicy:
     name = ""
     lossless = False  # True: the output equals the full cache's
     needs_attention = False  # True: victims depend on llama.cpp's attention weights
+    attention_window = 0  # final query rows of a decode whose attention is summed apart (0: none recorded)
 
     def __init__(self, budget: int | None, *, n_sink: int = 4):
         self.budget = budget
@@ -95,6 +96,7 @@ class ScoredCache(CachePolicy):
     subclasses say how ``observe`` turns llama.cpp's attention into scores."""
 
     needs_attention = True
+    attention_window = 1
 
     def __init__(self, budget: int | None, *, n_sink: int = 4):
         super().__init__(budget, n_sink=n_sink)
