@@ -251,6 +251,7 @@ void bind_context(py::module_ & m) {
         }, py::arg("data"), py::arg("seq_id") = 0)
         .def("set_threads", [](Context & s, int32_t n, int32_t n_batch) { llama_set_n_threads(s.get(), n, n_batch); });
     bind_reinject(cls);
+    bind_ephemeral(cls);
     bind_attention(cls);
 }
 

@@ -85,6 +85,10 @@ void bind_model(py::module_ & m);
 void bind_context(py::module_ & m);
 void bind_sampler(py::module_ & m);
 void bind_reinject(py::class_<Context> & cls);
+void bind_ephemeral(py::class_<Context> & cls);
+
+// Raises the Python exception for a llama-kvd.h status (nothing for LLAMA_KVD_OK).
+void raise_for_kvd_status(int32_t rc, const char * what);
 void bind_attention(py::class_<Context> & cls);
 
 }  // namespace pykvd

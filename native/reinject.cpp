@@ -24,20 +24,6 @@ void check_rows(const Context & self, const Rows & h, py::ssize_t n_blocks, cons
     }
 }
 
-void raise_for(int32_t rc, const char * what) {
-    switch (rc) {
-        case LLAMA_KVD_OK: return;
-        case LLAMA_KVD_BAD_ARGUMENT:
-            throw py::value_error(std::string(what) + ": layer range, sequence or positions out of range");
-        case LLAMA_KVD_NO_ROOM: throw NoRoomError(std::string(what) + ": no free KV cells for the positions");
-        case LLAMA_KVD_SHARED_CELL:
-            throw py::value_error(std::string(what) + ": a position's cell is shared with another sequence");
-        case LLAMA_KVD_UNSUPPORTED:
-            throw DecodeError(std::string(what) + ": not available for this architecture or cache type");
-        default: throw DecodeError(std::string(what) + " failed\n" + recent_log());
-    }
-}
-
 void refill(Context & self, const Rows & h, const Positions & pos, int32_t il_begin, int32_t il_end,
             llama_seq_id seq) {
     self.get();
@@ -49,7 +35,7 @@ void refill(Context & self, const Rows & h, const Positions & pos, int32_t il_be
         if (!self.ctx) throw ClosedError("context is closed");
         rc = llama_kvd_refill(self.ctx, seq, pos.data(), (int32_t) pos.shape(0), il_begin, il_end, h.data());
     }
-    raise_for(rc, "refill");
+    raise_for_kvd_status(rc, "refill");
 }
 
 py::tuple forward(Context & self, const Rows & h, const Positions & pos, int32_t il_begin, int32_t il_end,
@@ -69,11 +55,27 @@ py::tuple forward(Context & self, const Rows & h, const Positions & pos, int32_t
         rc = llama_kvd_forward(self.ctx, seq, pos.data(), (int32_t) pos.shape(0), il_begin, il_end, h.data(),
                                h_dst, logits_dst);
     }
-    raise_for(rc, "forward");
+    raise_for_kvd_status(rc, "forward");
     return py::make_tuple(out, with_logits ? py::object(logits) : py::none());
 }
 
 }  // namespace
+
+void raise_for_kvd_status(int32_t rc, const char * what) {
+    switch (rc) {
+        case LLAMA_KVD_OK: return;
+        case LLAMA_KVD_BAD_ARGUMENT:
+            throw py::value_error(std::string(what) + ": layer range, sequence or positions out of range");
+        case LLAMA_KVD_NO_ROOM: throw NoRoomError(std::string(what) + ": no free KV cells for the positions");
+        case LLAMA_KVD_SHARED_CELL:
+            throw py::value_error(std::string(what) + ": a position's cell is shared with another sequence");
+        case LLAMA_KVD_MISSING_POSITION:
+            throw py::value_error(std::string(what) + ": a position is neither in a cell nor among the ephemeral rows");
+        case LLAMA_KVD_UNSUPPORTED:
+            throw DecodeError(std::string(what) + ": not available for this architecture or cache type");
+        default: throw DecodeError(std::string(what) + " failed\n" + recent_log());
+    }
+}
 
 void bind_reinject(py::class_<Context> & cls) {
     cls.def("refill", &refill, py::arg("h"), py::arg("positions"), py::arg("layer_begin"), py::arg("layer_end"),

@@ -43,6 +43,20 @@ llama_token sample(Sampler & self, Context & ctx, int32_t row) {
     return llama_sampler_sample(self.chain, ctx.ctx, row);
 }
 
+// The same steps as llama_sampler_sample, over logits the caller holds (a P4 decode returns them).
+llama_token sample_logits(Sampler & self, const py::array_t<float, py::array::c_style> & logits) {
+    if (logits.ndim() != 1) throw py::value_error("logits must be a 1-D array");
+    std::vector<llama_token_data> cur(logits.shape(0));
+    const float * data = logits.data();
+    for (llama_token id = 0; id < (llama_token) cur.size(); ++id) cur[id] = llama_token_data{id, data[id], 0.0f};
+    llama_token_data_array cur_p = {cur.data(), cur.size(), -1, false};
+    llama_sampler_apply(self.chain, &cur_p);
+    if (cur_p.selected < 0 || cur_p.selected >= (int64_t) cur_p.size) throw std::runtime_error("sampler selected nothing");
+    const llama_token token = cur_p.data[cur_p.selected].id;
+    llama_sampler_accept(self.chain, token);
+    return token;
+}
+
 }  // namespace
 
 void bind_sampler(py::module_ & m) {
@@ -51,6 +65,8 @@ void bind_sampler(py::module_ & m) {
              py::arg("min_p"), py::arg("repeat_penalty"), py::arg("repeat_last_n"), py::arg("seed"))
         .def("sample", &sample, py::arg("context"), py::arg("row") = -1,
              "Sample from a logits row of the context's last batch and record the token.")
+        .def("sample_logits", &sample_logits, py::arg("logits"),
+             "Sample from a logits row held in an array and record the token.")
         .def("accept", [](Sampler & s, llama_token t) { llama_sampler_accept(s.chain, t); })
         .def("reset", [](Sampler & s) { llama_sampler_reset(s.chain); });
 }

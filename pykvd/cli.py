@@ -14,7 +14,7 @@ from typing import Sequence
 
 from . import models as model_registry
 from .errors import PykvdError
-from .policies import POLICIES
+from .policies import CHECKPOINTS, POLICIES
 
 POLICY_NAMES = tuple(POLICIES)
 
@@ -130,6 +130,9 @@ def _generation_args(parser: argparse.ArgumentParser, *, default_tokens: int = 1
     k.add_argument("--policy", default=None, choices=sorted(POLICY_NAMES),
                    help="what happens to tokens beyond the budget (default streaming with a budget, else full)")
     k.add_argument("--sinks", type=int, default=4, metavar="N", help="attention-sink tokens kept by streaming (4)")
+    k.add_argument("--checkpoint", default=None, choices=CHECKPOINTS,
+                   help="what kvdirect keeps to recompute evicted tokens exactly: their ids (tokens, default) "
+                        "or every layer's residuals (residuals)")
     c.add_argument("-v", "--verbose", action="store_true", help="show llama.cpp's log on stderr")
 
 
@@ -157,7 +160,8 @@ def _sampling(args):
 
 def _session(model, args):
     return model.session(n_ctx=args.ctx_size, n_batch=args.batch_size, n_threads=args.threads,
-                         sampling=_sampling(args), kv_budget=args.kv_budget, policy=args.policy, n_sink=args.sinks)
+                         sampling=_sampling(args), kv_budget=args.kv_budget, policy=args.policy, n_sink=args.sinks,
+                         checkpoint=args.checkpoint)
 
 
 def _print_stats(stats, label: str = "stats") -> None:
@@ -167,8 +171,9 @@ def _print_stats(stats, label: str = "stats") -> None:
           f"prefill {stats.n_prefill_tokens} tok in {stats.prefill_s:.3f} s ({stats.prefill_tokens_per_s:.1f} tok/s) | "
           f"decode {stats.n_decode_steps} steps in {stats.decode_s:.3f} s ({stats.decode_tokens_per_s:.1f} tok/s)",
           file=sys.stderr)
-    print(f"pykvd: {label}: KV buffer {format_bytes(stats.kv_bytes)} | compute buffer {format_bytes(stats.compute_bytes)} "
-          f"| weights {format_bytes(stats.model_bytes)} | process RSS {format_bytes(stats.rss_bytes)}", file=sys.stderr)
+    checkpoint = f" | checkpoint {format_bytes(stats.checkpoint_bytes)}" if stats.checkpoint_bytes else ""
+    print(f"pykvd: {label}: KV buffer {format_bytes(stats.kv_bytes)}{checkpoint} | "
+          f"compute buffer {format_bytes(stats.compute_bytes)} | weights {format_bytes(stats.model_bytes)} | process RSS {format_bytes(stats.rss_bytes)}", file=sys.stderr)
 
 
 def _write_stream(pieces) -> None:

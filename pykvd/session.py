@@ -45,6 +45,7 @@ class SessionStats:
     prefill_s: float = 0.0
     decode_s: float = 0.0  # sampling plus single-token decodes
     kv_bytes: int = 0
+    checkpoint_bytes: int = 0  # what the policy keeps outside the cells to recompute evicted tokens
     compute_bytes: int = 0
     model_bytes: int = 0
     rss_bytes: int = 0
@@ -102,14 +103,16 @@ class Session:
     ``policy`` chooses what happens to the tokens that no longer fit (see
     pykvd.policies; default "streaming" with a budget, "full" without). The
     context's KV buffer is allocated once, for the budget, and never grows.
+    ``checkpoint`` ("tokens", the default, or "residuals") is what the kvdirect
+    policy keeps to recompute evicted tokens exactly.
     """
 
     def __init__(self, model: Model, *, n_ctx: int | None = None, n_batch: int = 512, n_ubatch: int | None = None,
                  n_threads: int | None = None, sampling: SamplingParams | None = None, exact: bool | None = None,
                  swa_full: bool = True, kv_budget: int | str | None = None, policy: str | None = None,
-                 n_sink: int = 4):
+                 n_sink: int = 4, checkpoint: str | None = None):
         info = model.info
-        self._policy, self.kv_budget = self._make_policy(model, kv_budget, policy, n_sink)
+        self._policy, self.kv_budget = self._make_policy(model, kv_budget, policy, n_sink, checkpoint)
         if self.kv_budget is not None:
             if n_ctx is not None:
                 raise ValueError("give either n_ctx or kv_budget: a bounded session's cells are its budget")
@@ -123,9 +126,13 @@ class Session:
         if n_ubatch > n_batch:
             raise ValueError("n_ubatch cannot exceed n_batch")
         self.profile = model.profile if exact is None else RuntimeProfile.of(exact)
-        if self._policy.needs_attention and self.profile.flash_attn != FLASH_ATTN_OFF:
-            raise PolicyError(f"policy {self._policy.name!r} reads llama.cpp's attention weights, which exist only "
-                              "with flash attention off: use the exact profile")
+        if self._policy.needs_exact_attention and self.profile.flash_attn != FLASH_ATTN_OFF:
+            raise PolicyError(f"policy {self._policy.name!r} works on llama.cpp's attention with flash attention "
+                              "off: use the exact profile")
+        if self.checkpoint is not None and info.architecture not in CAPTURE_ARCHITECTURES:
+            raise UnsupportedArchitectureError(
+                f"kvdirect recomputes evicted tokens through the layer hook of patches/0004, which "
+                f"{info.architecture!r} lacks (supported: {', '.join(sorted(CAPTURE_ARCHITECTURES))})")
         self.model = model
         # The session's own view of the weights, usable even after model.close().
         self._model = model._share()
@@ -144,9 +151,10 @@ class Session:
         self._pending: list[int] = []  # sampled but not yet decoded
         self._counters = _Counters()
         self._capture: ResidualCapture | None = None
+        self._logits: np.ndarray | None = None  # last logits, when the policy computed them (kvdirect)
 
     @staticmethod
-    def _make_policy(model: Model, kv_budget, policy, n_sink):
+    def _make_policy(model: Model, kv_budget, policy, n_sink, checkpoint):
         from .budget import resolve_budget
         from .policies import make_policy
 
@@ -154,12 +162,19 @@ class Session:
             raise PolicyError(f"n_sink must be an integer >= 0, not {n_sink!r}")
         name = policy if policy is not None else ("full" if kv_budget is None else "streaming")
         budget = None if kv_budget is None else resolve_budget(kv_budget, model, min_tokens=n_sink + 1)
-        return make_policy(name, None if budget is None else budget.tokens, n_sink=n_sink), budget
+        info = model.info
+        return make_policy(name, None if budget is None else budget.tokens, n_sink=n_sink, checkpoint=checkpoint,
+                           n_layer=info.n_layer, n_embd=info.n_embd), budget
 
     @property
     def policy(self) -> str:
         """The cache policy's name; fixed for the session's life."""
         return self._policy.name
+
+    @property
+    def checkpoint(self) -> str | None:
+        """kvdirect's checkpoint kind ("tokens" or "residuals"); None for other policies."""
+        return getattr(self._policy, "checkpoint", None)
 
     # -- lifetime ----------------------------------------------------------
 
@@ -198,14 +213,18 @@ class Session:
         """Forget all tokens and the conversation; the context stays allocated."""
         self._context().memory_clear()
         self._tokens, self._pending, self.messages = [], [], []
+        self._logits = None
         self._policy.reset()
 
     def logits(self) -> np.ndarray:
         """Logits (float32, n_vocab) for the next token after the last processed one."""
         ctx = self._context()
-        if not self._tokens or ctx.n_outputs == 0:
+        if not self._has_logits():
             raise PromptError("no logits yet: feed a prompt first")
-        return ctx.logits(-1)
+        return self._logits.copy() if self._logits is not None else ctx.logits(-1)
+
+    def _has_logits(self) -> bool:
+        return bool(self._tokens) and (self._logits is not None or self._ctx.n_outputs > 0)
 
     @property
     def stats(self) -> SessionStats:
@@ -216,7 +235,8 @@ class Session:
             n_ctx=ctx.n_ctx, n_tokens=len(self._tokens), n_cached=len(self._policy.hot),
             n_prefill_tokens=c.n_prefill_tokens,
             n_generated=c.n_generated, n_decode_steps=c.n_decode_steps, prefill_s=c.prefill_s,
-            decode_s=c.decode_s, kv_bytes=mem["kv"], compute_bytes=mem["compute"], model_bytes=mem["model"],
+            decode_s=c.decode_s, kv_bytes=mem["kv"], checkpoint_bytes=self._policy.checkpoint_bytes(),
+            compute_bytes=mem["compute"], model_bytes=mem["model"],
             rss_bytes=rss_bytes(),
         )
 
@@ -266,7 +286,8 @@ class Session:
         """Decode tokens after the last position, evicting first if the policy's budget needs it."""
         ctx, pos = self._ctx, len(self._tokens)
         self._policy.make_room(ctx, len(chunk))
-        ctx.decode(np.asarray(chunk, dtype=np.int32), pos, outputs=outputs)
+        logits = self._policy.decode(ctx, np.asarray(chunk, dtype=np.int32), pos, outputs)
+        self._logits = None if logits is None else logits[-1]
         self._policy.admitted(range(pos, pos + len(chunk)))
         self._policy.observe(ctx, pos, len(chunk))
         if self._capture is not None:
@@ -309,6 +330,8 @@ class Session:
             raise ValueError("no layers to capture")
         if self._capture is not None:
             raise RuntimeError("a capture is already active on this session")
+        if self.checkpoint is not None:
+            raise PolicyError("kvdirect decodes outside llama.cpp's capture; it keeps its own checkpoint")
         ctx.set_capture(wanted)
         self._capture = ResidualCapture(wanted, self.model)
         try:
@@ -449,7 +472,8 @@ class Session:
         ids = None if prompt is None else self._prompt_ids(prompt)
         if ids is None and self._pending:
             ids = np.zeros(0, dtype=np.int32)  # decode the pending token first
-        if ids is None and (not self._tokens or self._context().n_outputs == 0):
+        self._context()
+        if ids is None and not self._has_logits():
             # Fresh or reset session: the context's last logits, if any, belong to forgotten tokens.
             raise PromptError("nothing to continue from: give a prompt")
         if ids is not None:
@@ -474,7 +498,7 @@ class Session:
         start = time.perf_counter()
         try:
             while len(run.tokens) < max_tokens:
-                token = sampler.sample(ctx)
+                token = sampler.sample(ctx) if self._logits is None else sampler.sample_logits(self._logits)
                 if stop_at_eog and model.is_end_of_generation(token):
                     run.finish_reason = FINISH_STOP
                     break
@@ -553,6 +577,7 @@ class Session:
         if n < len(held):
             ctx.seq_rm(0, n, -1)
             del self._tokens[n:]
+            self._logits = None
             self._policy.truncate(n)
         self._pending = []
         return ids[n:]

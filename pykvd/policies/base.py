@@ -20,6 +20,7 @@ class CachePolicy:
     lossless = False  # True: the output equals the full cache's
     needs_attention = False  # True: victims depend on llama.cpp's attention weights
     attention_window = 0  # final query rows of a decode whose attention is summed apart (0: none recorded)
+    needs_exact_attention = False  # True: only correct with flash attention off (the exact profile)
 
     def __init__(self, budget: int | None, *, n_sink: int = 4):
         self.budget = budget
@@ -77,6 +78,16 @@ class CachePolicy:
         """The sequence was cut back to its first n positions."""
         self.hot = self.hot[:bisect.bisect_left(self.hot, n)]
 
+    def decode(self, ctx, tokens: np.ndarray, pos: int, outputs: int) -> np.ndarray | None:
+        """Decode tokens at pos once make_room has run. Returns their logits when the policy computes
+        them itself; None when llama.cpp holds them in the context, as after any decode."""
+        ctx.decode(tokens, pos, outputs=outputs)
+        return None
+
+    def checkpoint_bytes(self) -> int:
+        """Bytes the policy keeps, besides the cells, to recompute what it evicted."""
+        return 0
+
     def observe(self, ctx, first_pos: int, n: int) -> None:
         """Called after every decode of n tokens at first_pos (attention-based policies read scores)."""
 
@@ -96,6 +107,7 @@ class ScoredCache(CachePolicy):
     subclasses say how ``observe`` turns llama.cpp's attention into scores."""
 
     needs_attention = True
+    needs_exact_attention = True
     attention_window = 1
 
     def __init__(self, budget: int | None, *, n_sink: int = 4):

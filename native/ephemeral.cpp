@@ -1,0 +1,67 @@
+// P4 ephemeral rows over llama-kvd.h: a decode whose attention also covers evicted tokens,
+// recomputed from their checkpoint and never stored. Python validates first
+// (pykvd/policies/kvdirect.py); the checks here keep a direct caller of the module from reaching
+// llama.cpp with arrays it would misread.
+#include "handles.h"
+
+#include "llama-kvd.h"
+
+namespace pykvd {
+
+namespace {
+
+using Rows = py::array_t<float, py::array::c_style>;
+using Ids = py::array_t<int32_t, py::array::c_style>;
+
+// (logits [n_tokens, n_vocab], h^(0..n_layer-1) of the new tokens [n_layer, n_tokens, n_embd] or None)
+py::tuple decode_ephemeral(Context & self, const Ids & tokens, llama_pos pos0, const Ids & eph_tokens,
+                           const Ids & eph_pos, const py::object & eph_h, bool capture, llama_seq_id seq) {
+    self.get();
+    const llama_model * model = self.model->model;
+    const auto n_layer = (py::ssize_t) llama_model_n_layer(model);
+    const auto n_embd = (py::ssize_t) llama_model_n_embd(model);
+    const auto n_vocab = (py::ssize_t) llama_vocab_n_tokens(self.model->vocab());
+    if (tokens.ndim() != 1 || tokens.shape(0) == 0) throw py::value_error("tokens must be a non-empty 1-D array");
+    if (eph_tokens.ndim() != 1 || eph_pos.ndim() != 1 || eph_tokens.shape(0) != eph_pos.shape(0)) {
+        throw py::value_error("ephemeral tokens and positions must be 1-D arrays of one length");
+    }
+    const py::ssize_t n = tokens.shape(0);
+    const py::ssize_t n_eph = eph_pos.shape(0);
+    Rows residuals;
+    if (!eph_h.is_none()) {
+        residuals = eph_h.cast<Rows>();
+        if (residuals.ndim() != 3 || residuals.shape(0) != n_layer || residuals.shape(1) != n_eph ||
+            residuals.shape(2) != n_embd) {
+            throw py::value_error("ephemeral residuals must have shape (n_layer, n_eph, n_embd)");
+        }
+    }
+    std::vector<llama_pos> pos(n);
+    for (py::ssize_t i = 0; i < n; ++i) pos[i] = pos0 + (llama_pos) i;
+    Rows logits({n, n_vocab});
+    Rows h_out(std::vector<py::ssize_t>{capture ? n_layer : 0, n, n_embd});
+    const float * h_in = eph_h.is_none() ? nullptr : residuals.data();
+    float * logits_dst = logits.mutable_data();
+    float * h_dst = capture ? h_out.mutable_data() : nullptr;
+    int32_t rc;
+    {
+        py::gil_scoped_release nogil;
+        std::lock_guard<std::mutex> guard(self.lock);
+        if (!self.ctx) throw ClosedError("context is closed");
+        rc = llama_kvd_decode_ephemeral(self.ctx, seq, tokens.data(), pos.data(), (int32_t) n, eph_tokens.data(),
+                                        eph_pos.data(), (int32_t) n_eph, h_in, logits_dst, h_dst);
+    }
+    raise_for_kvd_status(rc, "ephemeral decode");
+    return py::make_tuple(logits, capture ? py::object(h_out) : py::none());
+}
+
+}  // namespace
+
+void bind_ephemeral(py::class_<Context> & cls) {
+    cls.def("decode_ephemeral", &decode_ephemeral, py::arg("tokens"), py::arg("pos0"), py::arg("eph_tokens"),
+            py::arg("eph_pos"), py::arg("eph_h") = py::none(), py::arg("capture") = false, py::arg("seq_id") = 0,
+            "P4: decode tokens at pos0.. while the ephemeral tokens (re-run from their ids, or from their\n"
+            "residuals eph_h [n_layer, n_eph, n_embd]) join every layer's attention without taking cells.\n"
+            "Returns (logits [n, n_vocab], h^(0..n_layer-1) [n_layer, n, n_embd] if capture else None).");
+}
+
+}  // namespace pykvd

@@ -1,0 +1,102 @@
+"""kvdirect: the hot set is the sinks plus the recent window, as in streaming, but no token
+leaves the context. Every decode recomputes the K/V of the evicted tokens at every layer from
+their checkpoint and attends to them without storing them (P4: llama_kvd_decode_ephemeral), in
+position order, so the output equals the full cache's bit for bit.
+
+Checkpoint kinds:
+
+- ``tokens``: only the token ids are kept (4 bytes a token); each decode re-runs the evicted
+  tokens through every layer, like a prefill of them.
+- ``residuals``: each token's layer inputs h^(0..n_layer-1) are kept in host memory
+  (n_layer x n_embd floats a token); each decode re-runs only the norm, Q/K/V projections and
+  RoPE of every layer for them (the paper's scheme). llama.cpp's layer code computes Q along with
+  K and V, so the Q projection is paid too.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import PolicyError
+from .streaming import StreamingSinks
+
+CHECKPOINTS = ("tokens", "residuals")
+
+
+class _Rows:
+    """A growable array of per-token rows along axis ``axis`` (capacity doubles, like a list)."""
+
+    def __init__(self, shape: tuple[int, ...], dtype, axis: int):
+        self._shape, self._dtype, self._axis = shape, dtype, axis
+        self.data = np.zeros(self._sized(0), dtype=dtype)
+        self.n = 0
+
+    def _sized(self, rows: int) -> tuple[int, ...]:
+        shape = list(self._shape)
+        shape.insert(self._axis, rows)
+        return tuple(shape)
+
+    def put(self, first: int, rows: np.ndarray) -> None:
+        end = first + rows.shape[self._axis]
+        if end > self.data.shape[self._axis]:
+            grown = np.zeros(self._sized(max(end, 2 * self.data.shape[self._axis], 64)), dtype=self._dtype)
+            index = [slice(None)] * grown.ndim
+            index[self._axis] = slice(0, self.n)
+            grown[tuple(index)] = self.data[tuple(index)]
+            self.data = grown
+        index = [slice(None)] * self.data.ndim
+        index[self._axis] = slice(first, end)
+        self.data[tuple(index)] = rows
+        self.n = end
+
+    def take(self, positions: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(np.take(self.data, positions, axis=self._axis))
+
+
+class KVDirect(StreamingSinks):
+    name = "kvdirect"
+    lossless = True
+    needs_exact_attention = True
+
+    def __init__(self, budget: int | None, *, n_sink: int = 4, checkpoint: str = "tokens",
+                 n_layer: int = 0, n_embd: int = 0):
+        super().__init__(budget, n_sink=n_sink)
+        if checkpoint not in CHECKPOINTS:
+            raise PolicyError(f"unknown checkpoint kind {checkpoint!r} (choose from {', '.join(CHECKPOINTS)})")
+        self.checkpoint = checkpoint
+        self._layers = (n_layer, n_embd)
+        self._store = self._new_store()
+
+    def _new_store(self) -> _Rows:
+        if self.checkpoint == "tokens":
+            return _Rows((), np.int32, 0)
+        n_layer, n_embd = self._layers
+        return _Rows((n_layer, n_embd), np.float32, 1)
+
+    def evicted(self, pos: int) -> np.ndarray:
+        """Positions before pos that are in no cell: the ephemeral rows of a decode at pos."""
+        cold = np.ones(pos, dtype=bool)
+        cold[[p for p in self.hot if p < pos]] = False
+        return np.flatnonzero(cold).astype(np.int32)
+
+    def decode(self, ctx, tokens: np.ndarray, pos: int, outputs: int) -> np.ndarray:
+        eph = self.evicted(pos)
+        if self.checkpoint == "tokens":
+            self._store.put(pos, tokens)
+            logits, _ = ctx.decode_ephemeral(tokens, pos, self._store.take(eph), eph)
+        else:
+            eph_h = self._store.take(eph) if len(eph) else np.zeros((self._layers[0], 0, self._layers[1]), np.float32)
+            logits, h = ctx.decode_ephemeral(tokens, pos, np.zeros(len(eph), np.int32), eph, eph_h, capture=True)
+            self._store.put(pos, h)
+        return logits
+
+    def checkpoint_bytes(self) -> int:
+        return int(self._store.data.nbytes)
+
+    def truncate(self, n: int) -> None:
+        super().truncate(n)
+        self._store.n = min(self._store.n, n)
+
+    def reset(self) -> None:
+        super().reset()
+        self._store = self._new_store()

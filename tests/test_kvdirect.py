@@ -1,0 +1,132 @@
+"""kvdirect: a bounded cache whose evicted tokens are recomputed at every step (P4), so the output
+is the full cache's, bit for bit, for both checkpoint kinds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pykvd import BudgetError, PolicyError, SamplingParams
+from pykvd.verify import greedy_steps
+
+PROMPT = "Once upon a time, in a kingdom by the sea, there lived a dragon who collected old clocks."
+LONG_PROMPT = " ".join([PROMPT] * 4)
+GREEDY = SamplingParams(temperature=0.0)
+
+
+def assert_same_steps(reference, bounded, n_steps):
+    ref_tokens, ref_logits = greedy_steps(reference, n_steps)
+    got_tokens, got_logits = greedy_steps(bounded, n_steps)
+    assert got_tokens == ref_tokens
+    for a, b in zip(ref_logits, got_logits):
+        assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("checkpoint", ["tokens", "residuals"])
+@pytest.mark.parametrize("name", ["smollm2", "gemma3"])
+def test_kvdirect_equals_the_full_cache(request, name, checkpoint):
+    model = request.getfixturevalue(name)
+    n_prompt = len(model.tokenize(LONG_PROMPT))
+    with model.session() as full, model.session(kv_budget=24, policy="kvdirect", checkpoint=checkpoint) as bounded:
+        kv_bytes = bounded.stats.kv_bytes
+        full.feed(LONG_PROMPT)
+        bounded.feed(LONG_PROMPT)  # several times the budget: streamed in chunks, nothing lost
+        assert np.array_equal(full.logits(), bounded.logits())
+        assert_same_steps(full, bounded, 12)
+        stats = bounded.stats
+        assert stats.kv_bytes == kv_bytes and stats.n_cached == 24 and stats.n_tokens == n_prompt + 12
+        per_token = 4 if checkpoint == "tokens" else 4 * model.info.n_layer * model.info.n_embd
+        assert stats.checkpoint_bytes >= per_token * stats.n_tokens
+        assert bounded.checkpoint == checkpoint and bounded.policy == "kvdirect"
+
+
+@pytest.mark.parametrize("checkpoint", ["tokens", "residuals"])
+def test_kvdirect_on_every_synthetic_architecture(tiny_model, checkpoint):
+    """The tiny gemma3 has a 32-token sliding window: the prompt runs well past it."""
+    with tiny_model.session() as full, \
+            tiny_model.session(kv_budget=12, policy="kvdirect", checkpoint=checkpoint) as bounded:
+        full.feed(LONG_PROMPT)
+        bounded.feed(LONG_PROMPT)
+        assert len(bounded.tokens) > 3 * 32
+        assert_same_steps(full, bounded, 10)
+        assert bounded.stats.n_cached == 12
+
+
+def test_seeded_sampling_and_chat_match_the_full_cache(smollm2):
+    sampling = SamplingParams(temperature=0.8, top_k=40, seed=7)
+    with smollm2.session(sampling=sampling) as full, \
+            smollm2.session(sampling=sampling, kv_budget=20, policy="kvdirect", checkpoint="residuals") as bounded:
+        assert full.generate(PROMPT, max_tokens=24).tokens == bounded.generate(PROMPT, max_tokens=24).tokens
+    with smollm2.session(sampling=GREEDY) as full, smollm2.session(sampling=GREEDY, kv_budget=32,
+                                                                   policy="kvdirect") as bounded:
+        for question in ("Name a colour.", "Why is the sky blue?", "And the sea?"):
+            assert full.chat(question, max_tokens=10) == bounded.chat(question, max_tokens=10)
+        assert len(bounded.tokens) > 32 and bounded.stats.n_cached <= 32
+
+
+@pytest.mark.parametrize("kwargs, error", [
+    ({"kv_budget": 16, "policy": "kvdirect", "checkpoint": "hidden"}, PolicyError),
+    ({"kv_budget": 16, "policy": "streaming", "checkpoint": "tokens"}, PolicyError),
+    ({"checkpoint": "residuals"}, PolicyError),
+    ({"policy": "kvdirect"}, PolicyError),
+    ({"kv_budget": 16, "policy": "kvdirect", "exact": False}, PolicyError),
+    ({"kv_budget": 4, "policy": "kvdirect"}, BudgetError),
+])
+def test_bad_kvdirect_arguments(smollm2, kwargs, error):
+    with pytest.raises(error):
+        smollm2.session(**kwargs)
+
+
+def test_kvdirect_keeps_its_own_checkpoint(smollm2):
+    with smollm2.session(kv_budget=16, policy="kvdirect") as session:
+        with pytest.raises(PolicyError, match="checkpoint"):
+            with session.capture([0]):
+                pass
+        session.feed(PROMPT)
+
+
+def test_bad_ephemeral_rows_are_refused_and_lose_nothing(smollm2):
+    """The native call checks what Python would otherwise send wrong; the session goes on exactly."""
+    with smollm2.session() as full, smollm2.session(kv_budget=16, policy="kvdirect",
+                                                    checkpoint="residuals") as bounded:
+        full.feed(LONG_PROMPT)
+        bounded.feed(LONG_PROMPT)
+        ctx, pos = bounded._ctx, len(bounded.tokens)
+        token = np.array([42], dtype=np.int32)
+        eph = bounded._policy.evicted(pos)
+        ids = np.zeros(len(eph), dtype=np.int32)
+        rows = np.zeros((smollm2.info.n_layer, len(eph), smollm2.info.n_embd), dtype=np.float32)
+        bad_calls = [
+            (token, pos, ids[1:], eph[1:], None),  # a position neither cached nor ephemeral
+            (token, pos, ids, eph[::-1].copy(), None),  # not increasing
+            (token, pos, ids[:1], np.array([pos + 3], np.int32), None),  # after the new token
+            (token, pos, ids, eph, rows[:, :-1]),  # residuals of the wrong shape
+            (np.array([10**7], np.int32), pos, ids, eph, None),  # outside the vocabulary
+            (np.zeros(0, np.int32), pos, ids, eph, None),  # nothing to decode
+            (token, pos, ids[:-1], eph, None),  # ids and positions disagree
+        ]
+        for args in bad_calls:
+            with pytest.raises(ValueError):
+                ctx.decode_ephemeral(*args)
+        assert bounded.stats.n_cached == 16
+        assert_same_steps(full, bounded, 4)
+
+
+def test_cli_kvdirect_run_matches_the_full_cache():
+    import subprocess
+    import sys
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "pykvd", "run", "smollm2", "-p", LONG_PROMPT, "-n", "12",
+                               "--ignore-eos", "--temp", "0", *args], capture_output=True, text=True, cwd="/",
+                              timeout=300)
+
+    full = cli()
+    assert full.returncode == 0, full.stderr
+    for checkpoint in ("tokens", "residuals"):
+        bounded = cli("--kv-budget", "24", "--policy", "kvdirect", "--checkpoint", checkpoint, "--stats")
+        assert bounded.returncode == 0, bounded.stderr
+        assert bounded.stdout == full.stdout
+        assert "in 24 cells" in bounded.stderr and "checkpoint" in bounded.stderr
+    wrong = cli("--kv-budget", "24", "--policy", "streaming", "--checkpoint", "tokens")
+    assert wrong.returncode == 2 and wrong.stderr.startswith("pykvd: error:")
