@@ -11,10 +11,15 @@ model and not a repetition the policies could be judged on by copying alone.
   step KL(p_full || p_policy) of the next-token distributions and whether the top-1 tokens agree.
 
 Both metrics are defined here because the paper does not define its own. Policies that choose by
-attention read llama.cpp's own softmax (exact profile). kvdirect joins the table when it exists.
+attention read llama.cpp's own softmax (exact profile). For kvdirect the free-running logits
+are also compared with the full cache's (max |delta logit|); when its tokens equal the full cache's,
+the free run is the teacher-forced run, so it is not repeated.
 
 Usage: python bench/eviction.py [--model smollm2 gemma3] [--contexts 5] [--budgets 32 64 128 256 384]
-                                [--policies window streaming h2o tova snapkv] [--out bench/results/eviction.json]
+                                [--policies window streaming h2o tova snapkv] [--checkpoint residuals]
+                                [--out bench/results/eviction.json]
+kvdirect: python bench/eviction.py --policies kvdirect --out bench/results/eviction_kvdirect.json \
+                                   --plot bench/results/eviction_kvdirect.png
 """
 
 from __future__ import annotations
@@ -73,7 +78,7 @@ def natural_context(model, seed_text: str, seed: int) -> np.ndarray:
         return np.asarray(writer.tokens[:CONTEXT], dtype=np.int32)
 
 
-def run_model(name: str, n_contexts: int, budgets: list[int], policies: list[str]) -> dict:
+def run_model(name: str, n_contexts: int, budgets: list[int], policies: list[str], checkpoint: str) -> dict:
     rows = []
     with pykvd.Model(name) as model:
         contexts = [natural_context(model, SEEDS[i % len(SEEDS)], seed=i) for i in range(n_contexts)]
@@ -84,16 +89,26 @@ def run_model(name: str, n_contexts: int, budgets: list[int], policies: list[str
             for policy in policies:
                 for budget in budgets:
                     start = time.perf_counter()
-                    with model.session(kv_budget=budget, policy=policy) as free:
+                    args = {"kv_budget": budget, "policy": policy}
+                    if policy == "kvdirect":
+                        args["checkpoint"] = checkpoint
+                    with model.session(**args) as free:
                         free.feed(ids)
-                        free_tokens, _ = greedy_steps(free, GENERATED)
+                        free_tokens, free_logits = greedy_steps(free, GENERATED)
                         kv_bytes = free.stats.kv_bytes
-                    with model.session(kv_budget=budget, policy=policy) as forced:
-                        forced.feed(ids)
-                        forced_logits = teacher_forced(forced, ref_tokens)
+                    if policy == "kvdirect" and free_tokens == ref_tokens:
+                        forced_logits = free_logits  # the same inputs: the teacher-forced run is this one
+                    else:
+                        with model.session(**args) as forced:
+                            forced.feed(ids)
+                            forced_logits = teacher_forced(forced, ref_tokens)
                     row = {"context": i, "policy": policy, "budget": budget, "kv_bytes": kv_bytes,
                            **compare(ref_tokens, ref_logits, free_tokens, forced_logits),
                            "seconds": time.perf_counter() - start}
+                    if policy == "kvdirect":
+                        row["checkpoint"] = checkpoint
+                        row["max_abs_dlogit"] = max(float(np.max(np.abs(a - b)))
+                                                    for a, b in zip(ref_logits, forced_logits))
                     rows.append(row)
                     print(f"{name} context {i} {policy:>9} B={budget:<3} match {row['match_rate']:.2f} "
                           f"first div {row['first_divergence']:>2} KL {row['kl_mean']:.3f} "
@@ -134,10 +149,13 @@ def main(argv=None) -> int:
     p.add_argument("--contexts", type=int, default=5)
     p.add_argument("--budgets", nargs="+", type=int, default=[32, 64, 128, 256, 384])
     p.add_argument("--policies", nargs="+", default=["window", "streaming", "h2o", "tova", "snapkv"])
+    p.add_argument("--checkpoint", default="residuals", choices=["tokens", "residuals"],
+                   help="kvdirect's checkpoint kind (both are bit-exact; residuals is the faster here)")
     p.add_argument("--out", type=Path, default=RESULTS / "eviction.json")
     p.add_argument("--plot", type=Path, default=RESULTS / "eviction.png")
     args = p.parse_args(argv)
-    results = {name: run_model(name, args.contexts, args.budgets, args.policies) for name in args.model}
+    results = {name: run_model(name, args.contexts, args.budgets, args.policies, args.checkpoint)
+               for name in args.model}
     report = {"context": CONTEXT, "generated": GENERATED, "contexts": args.contexts, "budgets": args.budgets,
               "profile": "exact", "models": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -5,11 +5,13 @@ allocator); the benchmarks measure what actually happens.
 
 Per decode step, with E = context - budget evicted tokens:
 - lossy policies (window, streaming, h2o, tova, snapkv) forget E tokens: nothing to recompute;
-- kvdirect with ``tokens`` checkpoints (4-byte ids) re-runs the E tokens through every layer:
+- kvdirect with ``tokens`` checkpoints (4-byte ids, for every token) re-runs the E tokens through every layer:
   2 FLOPs per weight element of each layer per token, plus their attention over the sinks and
   the evicted tokens before them (4 * n_head * head_dim * (n_sink + E/2) per token per layer);
-- kvdirect with ``residuals`` checkpoints keeps h^(l) of every layer (float32, as pykvd stores
-  them) and re-runs only the K/V projections: 2 * n_embd * (K width + V width) per token per layer.
+- kvdirect with ``residuals`` checkpoints keeps h^(l) of every layer for every token (float32, as
+  pykvd stores them; the hot tokens' too, since they are evicted later) and re-runs only the
+  projections of each layer: 2 * n_embd * (Q width + K width + V width) per token per layer
+  (llama.cpp's layer code computes Q along with K and V).
 """
 
 from __future__ import annotations
@@ -63,9 +65,10 @@ def plan(model, context: int, budget: int, *, n_sink: int = 4) -> list[PlanRow]:
     layers = info.layers
     matmul = sum(2 * w for w in weights_per_layer(model)) * evicted
     attention = sum(4 * layer.n_head * layer.head_dim_k * (n_sink + evicted / 2) for layer in layers) * evicted
-    rows.append(PlanRow("kvdirect", "tokens", int(hot * per_cell), 4 * evicted, 0, (matmul + attention) / 1e9, True))
-    projections = sum(2 * info.n_embd * (layer.n_embd_k_gqa + layer.n_embd_v_gqa) for layer in layers) * evicted
-    residual_bytes = 4 * info.n_embd * info.n_layer * evicted
+    rows.append(PlanRow("kvdirect", "tokens", int(hot * per_cell), 4 * context, 0, (matmul + attention) / 1e9, True))
+    projections = sum(2 * info.n_embd * (layer.n_head * layer.head_dim_k + layer.n_embd_k_gqa + layer.n_embd_v_gqa)
+                      for layer in layers) * evicted
+    residual_bytes = 4 * info.n_embd * info.n_layer * context
     rows.append(PlanRow("kvdirect", "residuals", int(hot * per_cell), residual_bytes, 0, projections / 1e9, True))
     return rows
 

@@ -19,8 +19,8 @@ def test_rows_for_every_policy_and_checkpoint_kind(smollm2):
     assert rows["streaming", "-"].forgotten_tokens == 3584 and not rows["streaming", "-"].exact
     tokens, residuals = rows["kvdirect", "tokens"], rows["kvdirect", "residuals"]
     assert tokens.exact and residuals.exact and tokens.forgotten_tokens == 0
-    assert tokens.checkpoint_bytes == 4 * 3584
-    assert residuals.checkpoint_bytes == 4 * 576 * 30 * 3584  # one float32 h^(l) per layer per token
+    assert tokens.checkpoint_bytes == 4 * 4096
+    assert residuals.checkpoint_bytes == 4 * 576 * 30 * 4096  # one float32 h^(l) per layer for every token
     assert residuals.checkpoint_bytes > rows["full", "-"].kv_bytes  # bigger than the cache it replaces
     assert 0 < residuals.recompute_gflop_per_step < tokens.recompute_gflop_per_step
 
