@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from pathlib import Path
 
 import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -19,10 +24,14 @@ def kl(p: np.ndarray, q: np.ndarray) -> float:
     return float(np.sum(p[mask] * (np.log(p[mask]) - np.log(np.maximum(q[mask], 1e-300)))))
 
 
-def parser(doc: str) -> argparse.ArgumentParser:
-    """A script's argument parser, with the --model list every benchmark takes."""
+def parser(doc: str, results: str | None = None) -> argparse.ArgumentParser:
+    """A script's argument parser, with the --model list every benchmark takes and, given a results
+    name, --out and --plot defaulting to bench/results/<name>.json and .png."""
     p = argparse.ArgumentParser(description=doc.splitlines()[0])
     p.add_argument("--model", nargs="+", default=["smollm2", "gemma3"])
+    if results is not None:
+        p.add_argument("--out", type=Path, default=RESULTS / f"{results}.json")
+        p.add_argument("--plot", type=Path, default=RESULTS / f"{results}.png")
     return p
 
 
@@ -39,3 +48,11 @@ def pyplot():
 def save(fig, path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def write_report(args, report: dict, draw) -> None:
+    """The JSON report to args.out, the figure draw(path) makes to args.plot."""
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    draw(args.plot)
+    print(f"wrote {args.out} and {args.plot}", file=sys.stderr)

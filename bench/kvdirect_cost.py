@@ -17,7 +17,6 @@ Usage: python bench/kvdirect_cost.py [--model smollm2 gemma3] [--evicted 128 512
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import time
@@ -26,10 +25,9 @@ from pathlib import Path
 import numpy as np
 
 import pykvd
-from common import parser, pyplot, save
+from common import parser, pyplot, save, write_report
 from prompts import build_prompt
 
-RESULTS = Path(__file__).resolve().parent / "results"
 KINDS = ("tokens", "residuals")
 
 
@@ -108,12 +106,10 @@ def plot(results: dict, path: Path) -> None:
 
 
 def main(argv=None) -> int:
-    p = parser(__doc__)
+    p = parser(__doc__, "kvdirect_cost")
     p.add_argument("--evicted", nargs="+", type=int, default=[128, 512, 1024, 2048])
     p.add_argument("--budget", type=int, default=256)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--out", type=Path, default=RESULTS / "kvdirect_cost.json")
-    p.add_argument("--plot", type=Path, default=RESULTS / "kvdirect_cost.png")
     args = p.parse_args(argv)
     results = {}
     for name in args.model:
@@ -129,10 +125,7 @@ def main(argv=None) -> int:
                       f"{r['residuals_compute_bytes'] / 2**20:.1f} MiB", file=sys.stderr, flush=True)
             results[name] = {"rows": rows, **{f"{kind}_linearity": linearity(rows, kind) for kind in KINDS}}
     report = {"profile": "exact", "budget": args.budget, "repeats": args.repeats, "models": results}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    plot(results, args.plot)
-    print(f"wrote {args.out} and {args.plot}", file=sys.stderr)
+    write_report(args, report, lambda path: plot(results, path))
     return 0
 
 

@@ -30,7 +30,6 @@ Usage: python bench/restore.py [--model smollm2 gemma3] [--tokens 128 512 2048] 
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
@@ -41,10 +40,9 @@ from pathlib import Path
 import numpy as np
 
 import pykvd
-from common import parser, pyplot, save
+from common import parser, pyplot, save, write_report
 from prompts import build_prompt
 
-RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = ("P2 refill", "P2 + P3 from h^(L/2)", "re-prefill", "llama.cpp seq state")
 BAR = 0.15
 
@@ -163,11 +161,9 @@ def plot(results: dict, path: Path) -> None:
 
 
 def main(argv=None) -> int:
-    p = parser(__doc__)
+    p = parser(__doc__, "restore")
     p.add_argument("--tokens", nargs="+", type=int, default=[128, 512, 2048])
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--out", type=Path, default=RESULTS / "restore.json")
-    p.add_argument("--plot", type=Path, default=RESULTS / "restore.png")
     args = p.parse_args(argv)
     results = {}
     for name in args.model:
@@ -189,10 +185,7 @@ def main(argv=None) -> int:
                 "met": bar is not None and bar <= BAR},
         "models": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    plot(results, args.plot)
-    print(f"wrote {args.out} and {args.plot}", file=sys.stderr)
+    write_report(args, report, lambda path: plot(results, path))
     return 0
 
 

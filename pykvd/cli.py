@@ -173,7 +173,8 @@ def _print_stats(stats, label: str = "stats") -> None:
           file=sys.stderr)
     checkpoint = f" | checkpoint {format_bytes(stats.checkpoint_bytes)}" if stats.checkpoint_bytes else ""
     print(f"pykvd: {label}: KV buffer {format_bytes(stats.kv_bytes)}{checkpoint} | "
-          f"compute buffer {format_bytes(stats.compute_bytes)} | weights {format_bytes(stats.model_bytes)} | process RSS {format_bytes(stats.rss_bytes)}", file=sys.stderr)
+          f"compute buffer {format_bytes(stats.compute_bytes)} | weights {format_bytes(stats.model_bytes)} | "
+          f"process RSS {format_bytes(stats.rss_bytes)}", file=sys.stderr)
 
 
 def _write_stream(pieces) -> None:
