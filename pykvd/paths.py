@@ -6,21 +6,33 @@ C programs and desktop apps link the bundled libllama with
 
 from __future__ import annotations
 
+import importlib.util
+from functools import lru_cache
 from pathlib import Path
 
-_PACKAGE = Path(__file__).resolve().parent
+
+@lru_cache(maxsize=1)
+def _installed_package() -> Path:
+    """The folder the compiled binding was installed into; lib/, include/ and bin/ lie beside it.
+
+    It is found from the binding rather than from this file, because an editable install runs the
+    Python sources from the checkout while the compiled parts stay in site-packages.
+    """
+    spec = importlib.util.find_spec("pykvd._native")
+    origin = spec.origin if spec is not None else None
+    return Path(origin).resolve().parent if origin else Path(__file__).resolve().parent
 
 
 def lib_dir() -> Path:
     """Folder of libllama and libggml (also usable as llama-cpp-python's LLAMA_CPP_LIB_PATH)."""
-    return _PACKAGE / "lib"
+    return _installed_package() / "lib"
 
 
 def include_dir() -> Path:
     """Folder of llama.h, llama-kvd.h and the ggml headers they include."""
-    return _PACKAGE / "include"
+    return _installed_package() / "include"
 
 
 def reference_program() -> Path:
     """A plain llama.cpp greedy loop over the same libllama, used as the reference in tests and benchmarks."""
-    return _PACKAGE / "bin" / "pykvd-llama-reference"
+    return _installed_package() / "bin" / "pykvd-llama-reference"
