@@ -5,9 +5,12 @@ Session, so `pykvd.models` (fetching GGUFs) works without it.
 """
 
 from .errors import (
+    ArgumentError,
+    ArgumentTypeError,
     BudgetError,
     ContextOverflowError,
     DecodeError,
+    IndexOutOfRangeError,
     InvalidModelError,
     ModelFetchError,
     ModelNotFoundError,
@@ -16,6 +19,7 @@ from .errors import (
     PykvdError,
     ResidualError,
     SamplingError,
+    SessionBusyError,
     SessionClosedError,
     UnsupportedArchitectureError,
 )
@@ -42,9 +46,12 @@ def __getattr__(name):
 
 
 __all__ = [
+    "ArgumentError",
+    "ArgumentTypeError",
     "BudgetError",
     "ContextOverflowError",
     "DecodeError",
+    "IndexOutOfRangeError",
     "InvalidModelError",
     "ModelFetchError",
     "ModelNotFoundError",
@@ -53,6 +60,7 @@ __all__ = [
     "PykvdError",
     "ResidualError",
     "SamplingError",
+    "SessionBusyError",
     "SessionClosedError",
     "UnsupportedArchitectureError",
     *_LAZY,

@@ -56,3 +56,20 @@ class BudgetError(PykvdError, ValueError):
 
 class PolicyError(PykvdError, ValueError):
     """An unknown eviction policy or checkpoint kind, or one that does not fit the session."""
+
+
+class ArgumentError(PykvdError, ValueError):
+    """An argument is outside the range that pykvd (and llama.cpp's 32-bit API) accepts."""
+
+
+class ArgumentTypeError(PykvdError, TypeError):
+    """An argument is of the wrong type."""
+
+
+class IndexOutOfRangeError(PykvdError, IndexError):
+    """A layer or position lies outside the model or the sequence."""
+
+
+class SessionBusyError(PykvdError, RuntimeError):
+    """The session is already serving a call (in another thread, or an unfinished stream),
+    or already has a capture active."""

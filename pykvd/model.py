@@ -12,13 +12,13 @@ import numpy as np
 
 from . import models as _models
 from ._llama import native
-from .errors import InvalidModelError, PromptError, SessionClosedError, UnsupportedArchitectureError
+from .errors import ArgumentError, ArgumentTypeError, PromptError, SessionClosedError
 from .gguf_file import read_header
+from .model_checks import check_header
+from .probe import LoadParams, ensure_loadable, probe_enabled
 from .profile import RuntimeProfile
 
 Message = dict  # {"role": ..., "content": ...}
-
-LLAMA_MAX_LAYERS = 512  # llama.cpp aborts (GGML_ASSERT) on a block count outside [1, LLAMA_MAX_LAYERS]
 
 
 @dataclass(frozen=True)
@@ -74,27 +74,30 @@ class Model:
     repacking, part of the bit-exact profile; ``exact=False`` lets llama.cpp
     repack them for speed. ``chat_template`` replaces the GGUF's own template
     (a Jinja-style template or a llama.cpp built-in name such as "gemma" or
-    "chatml"); it is needed for GGUFs that carry none. Use as a context
-    manager, or call close().
+    "chatml"); it is needed for GGUFs that carry none. ``probe`` (default:
+    on unless $PYKVD_PROBE is 0) first loads and runs an unknown file in a
+    child process, so a file that would crash or hang llama.cpp is refused
+    with InvalidModelError instead; pass probe=False for trusted files. Use as
+    a context manager, or call close().
     """
 
     def __init__(self, model: str | os.PathLike[str], *, exact: bool = True, n_gpu_layers: int = 0,
-                 use_mmap: bool = True, chat_template: str | None = None, progress=None):
+                 use_mmap: bool = True, chat_template: str | None = None, progress=None, probe: bool | None = None):
+        if chat_template is not None:
+            _utf8(_text(chat_template, "chat_template", ArgumentTypeError), "chat_template", ArgumentError)
+        _check_load_flags(n_gpu_layers, exact, use_mmap, probe)
         self.path = _models.resolve(model, progress=progress)
         header = read_header(self.path)
-        arch = header.architecture
-        if not arch:
-            raise InvalidModelError(f"{self.path}: GGUF has no general.architecture")
-        if not native.arch_known(arch):
-            raise UnsupportedArchitectureError(f"{self.path}: llama.cpp cannot run architecture {arch!r}")
-        n_layer = header.metadata.get(f"{arch}.block_count")
-        if isinstance(n_layer, int) and not 1 <= n_layer <= LLAMA_MAX_LAYERS:
-            raise InvalidModelError(f"{self.path}: implausible {arch}.block_count {n_layer}")
+        check_header(header)
         self.profile = RuntimeProfile.of(exact)
         self._chat_template = chat_template
+        if probe if probe is not None else probe_enabled():
+            params = LoadParams(n_gpu_layers=n_gpu_layers, use_mmap=use_mmap,
+                                use_extra_bufts=self.profile.extra_bufts, flash_attn=self.profile.flash_attn)
+            ensure_loadable(self.path, header.data_offset, params)
         self._native = native.Model(str(self.path), n_gpu_layers=n_gpu_layers, use_mmap=use_mmap,
                                     use_extra_bufts=self.profile.extra_bufts)
-        self.info = self._read_info(arch, header.metadata.get("general.name", ""))
+        self.info = self._read_info(header.architecture, header.metadata.get("general.name", ""))
 
     def _read_info(self, arch: str, name: object) -> ModelInfo:
         m = self._native
@@ -136,22 +139,16 @@ class Model:
 
     def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> np.ndarray:
         """Token ids (int32) of text; add_special adds BOS where the model wants it."""
-        if not isinstance(text, str):
-            raise PromptError(f"text must be str, not {type(text).__name__}")
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise PromptError(f"text cannot be encoded as UTF-8: {exc.reason}") from None
-        return self._handle().tokenize(text, add_special, parse_special)
+        text = _utf8(_text(text, "text", PromptError), "text", PromptError)
+        return self._handle().tokenize(text, bool(add_special), bool(parse_special))
 
     def detokenize(self, tokens: Sequence[int] | np.ndarray, *, special: bool = False) -> str:
         ids = self.check_tokens(tokens)
-        raw = self._handle().detokenize(ids, False, special)
+        raw = self._handle().detokenize(ids, False, bool(special))
         return raw.decode("utf-8", errors="replace")
 
     def token_to_bytes(self, token: int, *, special: bool = False) -> bytes:
-        self.check_tokens([token])
-        return self._handle().token_to_piece(int(token), special)
+        return self._handle().token_to_piece(self._checked_token(token), bool(special))
 
     def check_tokens(self, tokens: Sequence[int] | np.ndarray) -> np.ndarray:
         """tokens as a 1-D int32 array, or PromptError if any id is outside the vocabulary."""
@@ -163,7 +160,14 @@ class Model:
         return ids.astype(np.int32, copy=False)
 
     def is_end_of_generation(self, token: int) -> bool:
-        return self._handle().is_eog(int(token))
+        return self._handle().is_eog(self._checked_token(token))
+
+    def _checked_token(self, token) -> int:
+        """One token id inside the vocabulary (numpy integers too), else PromptError."""
+        if not isinstance(token, (int, np.integer)) or isinstance(token, bool) \
+                or not 0 <= token < self.info.n_vocab:
+            raise PromptError(f"a token id must be an integer in [0, {self.info.n_vocab}), not {token!r}")
+        return int(token)
 
     @property
     def add_bos(self) -> bool:
@@ -183,7 +187,10 @@ class Model:
         for message in messages:
             if not isinstance(message, dict) or not {"role", "content"} <= message.keys():
                 raise PromptError("each message must be a dict with 'role' and 'content'")
-            pairs.append((str(message["role"]), str(message["content"])))
+            pairs.append(tuple(_utf8(str(message[key]), f"a message's {key}", PromptError)
+                               for key in ("role", "content")))
+        if template is not None:
+            _utf8(_text(template, "template", ArgumentTypeError), "template", ArgumentError)
         template = template or self._chat_template
         if template is None and self._handle().chat_template() is None:
             raise PromptError(f"{self.path.name} has no chat template: pass chat_template= "
@@ -204,6 +211,32 @@ class Model:
     def __repr__(self) -> str:
         state = "closed" if self.closed else self.info.description
         return f"Model({str(self.path)!r}, {state})"
+
+
+def _text(value, what: str, error: type[Exception]) -> str:
+    if not isinstance(value, str):
+        raise error(f"{what} must be str, not {type(value).__name__}")
+    return value
+
+
+def _utf8(text: str, what: str, error: type[Exception]) -> str:
+    """text, if llama.cpp can take it as UTF-8 (lone surrogates, as from undecodable bytes, cannot)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise error(f"{what} is not valid UTF-8 text: {exc.reason} at index {exc.start}") from None
+    return text
+
+
+def _check_load_flags(n_gpu_layers, exact, use_mmap, probe) -> None:
+    """The loader's own arguments, checked before any file is touched (llama.cpp takes an int32 layer count)."""
+    if not isinstance(n_gpu_layers, int) or isinstance(n_gpu_layers, bool) or not -1 <= n_gpu_layers < 2**31:
+        raise ArgumentError(f"n_gpu_layers must be an integer in [-1, 2**31), not {n_gpu_layers!r}")
+    for name, value in (("exact", exact), ("use_mmap", use_mmap)):
+        if not isinstance(value, bool):
+            raise ArgumentTypeError(f"{name} must be True or False, not {value!r}")
+    if probe is not None and not isinstance(probe, bool):
+        raise ArgumentTypeError(f"probe must be True, False or None, not {probe!r}")
 
 
 def load(model: str | os.PathLike[str], **kwargs) -> Model:

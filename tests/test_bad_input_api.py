@@ -177,6 +177,10 @@ def _bad_file(kind: str, folder, tiny_llama_path):
         return _patched_copy(tiny_llama_path, folder / "zero.gguf", "llama.block_count", 0)
     elif kind == "too many layers":
         return _patched_copy(tiny_llama_path, folder / "many.gguf", "llama.block_count", 4096)
+    elif kind == "negative rms epsilon":  # ggml asserts eps >= 0 at the first decode
+        return _patched_copy(tiny_llama_path, folder / "eps.gguf", "llama.attention.layer_norm_rms_epsilon", -1.0)
+    elif kind == "indivisible kv heads":
+        return _patched_copy(tiny_llama_path, folder / "gqa.gguf", "llama.attention.head_count_kv", 3)
     else:
         raise AssertionError(kind)
     path = folder / "bad.gguf"
@@ -191,6 +195,8 @@ def _bad_file(kind: str, folder, tiny_llama_path):
     ("no tensors", "InvalidModelError"),
     ("zero layers", "InvalidModelError"),
     ("too many layers", "InvalidModelError"),
+    ("negative rms epsilon", "InvalidModelError"),
+    ("indivisible kv heads", "InvalidModelError"),
 ])
 def test_bad_files_never_abort_the_process(tmp_path, tiny_llama_path, kind, exception):
     path = _bad_file(kind, tmp_path, tiny_llama_path)
