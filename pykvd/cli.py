@@ -1,19 +1,23 @@
 """The pykvd command line: run, chat, info, plan, verify, models, paths.
 
 Generated text goes to stdout and nothing else does; progress, statistics and
-errors go to stderr. Any error caused by the user's input ends the command with
-a one-line message and exit code 2.
+errors go to stderr. Any error caused by the user's input, including a malformed
+command line, ends the command with a one-line message and exit code 2. Text read
+from stdin is decoded as UTF-8 with invalid bytes replaced (U+FFFD), so a stray byte
+never ends a chat; text in arguments and prompt files must be valid UTF-8.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import os
 import sys
 from typing import Sequence
 
 from . import models as model_registry
-from .errors import PykvdError
+from .errors import PromptError, PykvdError
 from .policies import CHECKPOINTS, POLICIES
 
 POLICY_NAMES = tuple(POLICIES)
@@ -23,21 +27,45 @@ EXIT_USAGE = 2
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)
+        _decode_stdin_leniently()
         return args.handler(args)
+    except _UsageError as exc:
+        return _fail(str(exc))
     except (PykvdError, ValueError, OSError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"pykvd: error: {first_line}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(str(exc) or type(exc).__name__)
     except KeyboardInterrupt:
         return 130
 
 
+def _fail(message: str) -> int:
+    first_line = message.strip().splitlines()[0] if message.strip() else "failed"
+    print(f"pykvd: error: {first_line}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _decode_stdin_leniently() -> None:
+    if isinstance(sys.stdin, io.TextIOWrapper):
+        sys.stdin.reconfigure(encoding="utf-8", errors="replace")
+
+
 # -- parser ------------------------------------------------------------------
 
+class _UsageError(Exception):
+    """A malformed command line (argparse's errors, reported like every other error)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but its errors are one line with exit code 2 like pykvd's own (not usage + error)."""
+
+    def error(self, message: str):
+        command = self.prog.removeprefix("pykvd").strip()
+        raise _UsageError(f"{command + ': ' if command else ''}{message} (see: {self.prog} --help)")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pykvd", description="Exact, bounded-memory inference state for llama.cpp models.")
+    parser = _Parser(prog="pykvd", description="Exact, bounded-memory inference state for llama.cpp models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="generate text from a prompt")
@@ -45,7 +73,11 @@ def _parser() -> argparse.ArgumentParser:
     source = run.add_mutually_exclusive_group(required=True)
     source.add_argument("-p", "--prompt", help="the prompt ('-' reads it from stdin)")
     source.add_argument("-f", "--file", help="read the prompt from this file")
-    run.add_argument("--chat", action="store_true", help="wrap the prompt as a user message in the chat template")
+    wrap = run.add_mutually_exclusive_group()
+    wrap.add_argument("--raw", action="store_true",
+                      help="send the prompt as plain text (the default for a model without a chat template)")
+    wrap.add_argument("--chat", action="store_true",
+                      help="wrap the prompt as a user message in the chat template (default if the model has one)")
     _generation_args(run)
     run.set_defaults(handler=_cmd_run)
 
@@ -187,9 +219,12 @@ def _write_stream(pieces) -> None:
 
 def _cmd_run(args) -> int:
     prompt = _read_prompt(args)
+    if not prompt:
+        raise PromptError("prompt is empty")  # before a chat template would wrap it into something
     sampling = _sampling(args)  # validate before loading anything
     with _load(args) as model, _session(model, args) as session:
-        if args.chat:
+        # As llama-cli and ollama run do: a model with a chat template gets the prompt as a user message.
+        if args.chat or (not args.raw and model.chat_template is not None):
             prompt = model.apply_chat_template([{"role": "user", "content": prompt}])
         _write_stream(session.stream(prompt, max_tokens=args.n_predict, sampling=sampling,
                                      stop_at_eog=not args.ignore_eos))
@@ -201,10 +236,13 @@ def _cmd_run(args) -> int:
 
 
 def _read_prompt(args) -> str:
-    if args.file is not None:
-        with open(args.file, encoding="utf-8") as f:
+    if args.file is None:
+        return sys.stdin.read() if args.prompt == "-" else args.prompt
+    with open(args.file, encoding="utf-8") as f:
+        try:
             return f.read()
-    return sys.stdin.read() if args.prompt == "-" else args.prompt
+        except UnicodeDecodeError as exc:
+            raise PromptError(f"{args.file} is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
 
 
 def _cmd_chat(args) -> int:
@@ -300,7 +338,11 @@ def _cmd_plan(args) -> int:
 
     from .budget import resolve_budget
     from .plan import format_plan, plan
+    from .policies import checked_n_sink
 
+    checked_n_sink(args.sinks)
+    if args.context < 1:
+        raise ValueError("--context must be a positive integer")
     with _load(args) as model:
         budget = resolve_budget(args.kv_budget, model, min_tokens=args.sinks + 1)
         rows = plan(model, args.context, budget.tokens, n_sink=args.sinks)
@@ -321,6 +363,8 @@ def _cmd_verify(args) -> int:
     for name in ("cacheless_steps", "restore_steps"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer")
+    if args.json:
+        _check_writable(args.json)  # before minutes of verification, not after
     native.set_log_to_stderr(args.verbose)
     reports = []
     for name in args.models or sorted(model_registry.MODELS):
@@ -334,6 +378,21 @@ def _cmd_verify(args) -> int:
         with open(args.json, "w") as out:
             json.dump([r.to_dict() for r in reports], out, indent=2)
     return 0 if all(r.ok for r in reports) else 1
+
+
+def _check_writable(path: str) -> None:
+    """OSError unless a file can be written at path; creates nothing."""
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"cannot write {path}: it is a directory")
+    if os.path.exists(path):
+        if not os.access(path, os.W_OK):
+            raise PermissionError(f"cannot write {path}: permission denied")
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"cannot write {path}: no directory {folder}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write {path}: the directory {folder} is not writable")
 
 
 def _ranges(indices: Sequence[int]) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+from decimal import Decimal
 
 _UNITS = {"": 1, "B": 1, "K": 1000, "KB": 1000, "KIB": 1024, "M": 1000**2, "MB": 1000**2, "MIB": 1024**2,
           "G": 1000**3, "GB": 1000**3, "GIB": 1024**3}
@@ -23,11 +24,12 @@ def rss_bytes() -> int:
 
 
 def parse_bytes(text: str) -> int:
-    """'64MiB' -> 67108864, '1.5GiB' -> 1610612736, '1000' -> 1000."""
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(text))
+    """'64MiB' -> 67108864, '1.5GiB' -> 1610612736, '1000' -> 1000 (ASCII digits only)."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(text), flags=re.ASCII)
     if not match or match.group(2).upper() not in _UNITS:
         raise ValueError(f"not a byte size: {text!r} (examples: 4096, 64MiB, 1.5GiB)")
-    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+    # Decimal: a float would round large sizes and turn a few hundred digits into infinity.
+    return int(Decimal(match.group(1)) * _UNITS[match.group(2).upper()])
 
 
 def format_bytes(n: float) -> str:

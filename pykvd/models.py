@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import secrets
+import stat
 import subprocess
 import sys
 import tempfile
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pykvd.errors import ModelFetchError, ModelNotFoundError
+from pykvd.errors import ArgumentTypeError, ModelFetchError, ModelNotFoundError
 
 try:
     import fcntl
@@ -177,17 +178,35 @@ def resolve(model: str | os.PathLike[str], *, progress: Progress | None = None) 
     """Path of the GGUF that `model` names: an existing file, or a fetchable model name.
 
     An existing file wins over a model name of the same spelling; a
-    non-string path-like object is always taken as a path.
+    non-string path-like object is always taken as a path. Only the path's
+    metadata is read here: a FIFO or device is never opened.
     """
+    if not isinstance(model, (str, os.PathLike)):
+        raise ArgumentTypeError(f"a model must be a path or a fetchable model name ({_model_names()}), "
+                                f"not {type(model).__name__}")
+    if isinstance(model, str) and not model:
+        raise ModelNotFoundError(f"the model path is empty; fetchable model names: {_model_names()}")
     path = Path(model)
     if path.is_file():
         return path
     if isinstance(model, str) and model in MODELS:
         return fetch(model, progress=progress)
-    problem = "is a directory, not a GGUF file" if path.is_dir() else "does not exist"
     raise ModelNotFoundError(
-        f"model path '{os.fspath(model)}' {problem}; fetchable model names: {_model_names()}"
+        f"model path '{os.fspath(model)}' {_what_is_there(path)}; fetchable model names: {_model_names()}"
     )
+
+
+def _what_is_there(path: Path) -> str:
+    """Why a path that is not a regular file cannot be a model, from its metadata alone."""
+    try:
+        mode = path.stat().st_mode
+    except (OSError, ValueError):  # ValueError: an embedded NUL byte
+        return "does not exist"
+    kinds = ((stat.S_ISDIR, "is a directory"), (stat.S_ISFIFO, "is a FIFO (named pipe)"),
+             (stat.S_ISCHR, "is a character device"), (stat.S_ISBLK, "is a block device"),
+             (stat.S_ISSOCK, "is a socket"))
+    kind = next((text for test, text in kinds if test(mode)), "is not a regular file")
+    return f"{kind}, not a GGUF file"
 
 
 def _spec(name: str) -> ModelSpec:

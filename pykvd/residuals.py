@@ -8,7 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import ResidualError
+from .errors import IndexOutOfRangeError, ResidualError
 
 
 def model_key(model) -> tuple:
@@ -93,7 +93,8 @@ def checked_positions(positions, n_known: int) -> np.ndarray:
     if np.any(np.diff(array.astype(np.int64)) <= 0):
         raise ResidualError("positions must be strictly increasing")
     if array[0] < 0 or array[-1] >= n_known:
-        raise IndexError(f"positions must lie in the sequence [0, {n_known}); got {int(array[0])}..{int(array[-1])}")
+        raise IndexOutOfRangeError(f"positions must lie in the sequence [0, {n_known}); "
+                                   f"got {int(array[0])}..{int(array[-1])}")
     return array.astype(np.int32)
 
 
@@ -114,7 +115,7 @@ def checked_layer_range(start, end, n_layer: int) -> range:
     """[start, end) as a non-empty range of layers inside [0, n_layer)."""
     for name, value in (("start", start), ("end", end)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
-            raise IndexError(f"layer {name} must be an integer, not {value!r}")
+            raise IndexOutOfRangeError(f"layer {name} must be an integer, not {value!r}")
     if not 0 <= start < end <= n_layer:
-        raise IndexError(f"layers [{start}, {end}) must be a non-empty range inside [0, {n_layer})")
+        raise IndexOutOfRangeError(f"layers [{start}, {end}) must be a non-empty range inside [0, {n_layer})")
     return range(int(start), int(end))

@@ -11,13 +11,21 @@ from .errors import SamplingError
 
 _MAX_INT32 = 2**31 - 1  # top_k and repeat_last_n are int32 in llama.cpp
 _MAX_SEED = 2**32 - 2  # 0xFFFFFFFF means "random" to llama.cpp, so it is not a valid fixed seed
+# llama.cpp divides the float32 logits by the temperature: below this, logits overflow to infinity
+# (or the temperature itself rounds to a float32 denormal or zero) and the draw stops being a
+# sample. Such temperatures sample the argmax anyway, so they are greedy.
+GREEDY_BELOW = 1e-30
+# The largest temperature or repeat penalty (and, for the penalty, its inverse is the smallest) whose
+# scaled float32 logits stay finite.
+_MAX_SCALE = 1e30
 
 
 @dataclass(frozen=True)
 class SamplingParams:
     """llama.cpp's sampler chain: repeat penalty -> top-k -> top-p -> min-p -> temperature -> draw.
 
-    temperature 0 means greedy decoding (the other values are then unused).
+    temperature 0 means greedy decoding (the other values are then unused); so does any
+    temperature below 1e-30 (GREEDY_BELOW), whose sampling would be greedy in all but name.
     seed None draws a fresh random seed for each generation; a fixed seed makes
     seeded sampling reproducible.
     """
@@ -31,12 +39,14 @@ class SamplingParams:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        _check(_finite(self.temperature) and self.temperature >= 0, "temperature must be a finite number >= 0")
+        _check(_finite(self.temperature) and 0 <= self.temperature <= _MAX_SCALE,
+               f"temperature must be a number in [0, {_MAX_SCALE:g}]")
         _check(_integer(self.top_k) and 0 <= self.top_k <= _MAX_INT32,
                "top_k must be an integer >= 0 (0 disables it) below 2**31")
         _check(_finite(self.top_p) and 0 < self.top_p <= 1, "top_p must be in (0, 1]")
         _check(_finite(self.min_p) and 0 <= self.min_p <= 1, "min_p must be in [0, 1]")
-        _check(_finite(self.repeat_penalty) and self.repeat_penalty > 0, "repeat_penalty must be > 0")
+        _check(_finite(self.repeat_penalty) and 1 / _MAX_SCALE <= self.repeat_penalty <= _MAX_SCALE,
+               f"repeat_penalty must be a number in [{1 / _MAX_SCALE:g}, {_MAX_SCALE:g}]")
         _check(_integer(self.repeat_last_n) and 0 <= self.repeat_last_n <= _MAX_INT32,
                "repeat_last_n must be an integer >= 0 below 2**31")
         _check(
@@ -46,7 +56,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        return self.temperature < GREEDY_BELOW
 
     def resolved_seed(self) -> int:
         return self.seed if self.seed is not None else secrets.randbelow(_MAX_SEED + 1)

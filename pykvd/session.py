@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import functools
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
@@ -12,8 +14,8 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from ._llama import native
-from .errors import (ContextOverflowError, PolicyError, PromptError, ResidualError, SessionClosedError,
-                     UnsupportedArchitectureError)
+from .errors import (ArgumentError, ArgumentTypeError, ContextOverflowError, IndexOutOfRangeError, PolicyError,
+                     PromptError, ResidualError, SessionBusyError, SessionClosedError, UnsupportedArchitectureError)
 from .memory import rss_bytes
 from .model import Message, Model
 from .profile import FLASH_ATTN_OFF, RuntimeProfile
@@ -29,6 +31,9 @@ FINISH_CONTEXT = "context"  # the context is full
 CAPTURE_ARCHITECTURES = frozenset({"llama", "qwen2", "qwen3", "gemma3", "phi3"})
 
 _MAX_INT32 = 2**31 - 1
+# ggml's CPU backend runs at most GGML_MAX_N_THREADS (512) threads; beyond that OpenMP fails or the
+# process crashes.
+MAX_THREADS = 512
 
 
 @dataclass
@@ -89,6 +94,46 @@ class _Run:
     decode_s: float = 0.0
 
 
+def _one_call(method):
+    """Runs the method as the session's only call in progress (see Session._serving)."""
+    @functools.wraps(method)
+    def serving(self, *args, **kwargs):
+        with self._serving():
+            return method(self, *args, **kwargs)
+    return serving
+
+
+class _HeldStream:
+    """A stream's pieces, holding the session's call slot until they run out, fail or are closed
+    (a stream dropped unfinished is closed when it is garbage-collected)."""
+
+    def __init__(self, pieces: Iterator[str], release):
+        self._pieces, self._release = pieces, release
+
+    def __iter__(self) -> _HeldStream:
+        return self
+
+    def __next__(self) -> str:
+        if self._release is None:
+            raise StopIteration
+        try:
+            return next(self._pieces)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            try:
+                self._pieces.close()
+            finally:
+                release()
+
+    def __del__(self) -> None:
+        self.close()
+
+
 class Session:
     """A conversation state over one llama.cpp context.
 
@@ -105,6 +150,12 @@ class Session:
     context's KV buffer is allocated once, for the budget, and never grows.
     ``checkpoint`` ("tokens", the default, or "residuals") is what the kvdirect
     policy keeps to recompute evicted tokens exactly.
+
+    A session serves one call at a time. A call that would change it (feed, generate,
+    stream, chat, chat_stream, reset, evict, refill, forward_layers, capture) made while
+    another is in progress -- in another thread, or a stream()/chat_stream() not yet
+    exhausted or closed -- raises SessionBusyError and changes nothing; close() always
+    works. Use one session per thread, or finish (or close()) a stream before the next call.
     """
 
     def __init__(self, model: Model, *, n_ctx: int | None = None, n_batch: int = 512, n_ubatch: int | None = None,
@@ -112,19 +163,17 @@ class Session:
                  swa_full: bool = True, kv_budget: int | str | None = None, policy: str | None = None,
                  n_sink: int = 4, checkpoint: str | None = None):
         info = model.info
+        _check_sizes(n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_ubatch, n_threads=n_threads)
         self._policy, self.kv_budget = self._make_policy(model, kv_budget, policy, n_sink, checkpoint)
         if self.kv_budget is not None:
             if n_ctx is not None:
-                raise ValueError("give either n_ctx or kv_budget: a bounded session's cells are its budget")
+                raise ArgumentError("give either n_ctx or kv_budget: a bounded session's cells are its budget")
             n_ctx, swa_full = self.kv_budget.tokens, True
         n_ctx = min(4096, info.n_ctx_train) if n_ctx is None else n_ctx
         n_ubatch = n_batch if n_ubatch is None else n_ubatch
-        n_threads = _usable_cpus() if n_threads is None else n_threads
-        for name, value in (("n_ctx", n_ctx), ("n_batch", n_batch), ("n_ubatch", n_ubatch), ("n_threads", n_threads)):
-            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= _MAX_INT32:
-                raise ValueError(f"{name} must be a positive integer below 2**31, not {value!r}")
+        n_threads = min(_usable_cpus(), MAX_THREADS) if n_threads is None else n_threads
         if n_ubatch > n_batch:
-            raise ValueError("n_ubatch cannot exceed n_batch")
+            raise ArgumentError("n_ubatch cannot exceed n_batch")
         self.profile = model.profile if exact is None else RuntimeProfile.of(exact)
         if self._policy.needs_exact_attention and self.profile.flash_attn != FLASH_ATTN_OFF:
             raise PolicyError(f"policy {self._policy.name!r} works on llama.cpp's attention with flash attention "
@@ -150,16 +199,16 @@ class Session:
         self._tokens: list[int] = []  # every processed token, at positions 0..n-1 (evicted ones included)
         self._pending: list[int] = []  # sampled but not yet decoded
         self._counters = _Counters()
+        self._busy = threading.Lock()  # held by the call in progress (a stream: until it ends)
         self._capture: ResidualCapture | None = None
         self._logits: np.ndarray | None = None  # last logits, when the policy computed them (kvdirect)
 
     @staticmethod
     def _make_policy(model: Model, kv_budget, policy, n_sink, checkpoint):
         from .budget import resolve_budget
-        from .policies import make_policy
+        from .policies import checked_n_sink, make_policy
 
-        if not isinstance(n_sink, int) or isinstance(n_sink, bool) or n_sink < 0:
-            raise PolicyError(f"n_sink must be an integer >= 0, not {n_sink!r}")
+        n_sink = checked_n_sink(n_sink)
         name = policy if policy is not None else ("full" if kv_budget is None else "streaming")
         budget = None if kv_budget is None else resolve_budget(kv_budget, model, min_tokens=n_sink + 1)
         info = model.info
@@ -192,6 +241,19 @@ class Session:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def _acquire(self) -> None:
+        if not self._busy.acquire(blocking=False):
+            raise SessionBusyError("the session is busy with another call (in another thread, or a stream not "
+                                   "yet finished): finish or close() that stream, or use one session per thread")
+
+    @contextlib.contextmanager
+    def _serving(self):
+        self._acquire()
+        try:
+            yield
+        finally:
+            self._busy.release()
+
     def _context(self):
         if self._ctx.closed:
             raise SessionClosedError("session is closed")
@@ -209,6 +271,7 @@ class Session:
         self._context()
         return self._tokens + self._pending
 
+    @_one_call
     def reset(self) -> None:
         """Forget all tokens and the conversation; the context stays allocated."""
         self._context().memory_clear()
@@ -242,6 +305,7 @@ class Session:
 
     # -- feeding tokens ----------------------------------------------------
 
+    @_one_call
     def feed(self, prompt: str | Sequence[int] | np.ndarray) -> int:
         """Process text or token ids after what the session holds; returns how many tokens were added."""
         ids = self._prompt_ids(prompt)
@@ -327,13 +391,14 @@ class Session:
                 f"(supported: {', '.join(sorted(CAPTURE_ARCHITECTURES))})")
         wanted = sorted({_checked_index(layer, "layer", info.n_layer) for layer in layers})
         if not wanted:
-            raise ValueError("no layers to capture")
-        if self._capture is not None:
-            raise RuntimeError("a capture is already active on this session")
+            raise ArgumentError("no layers to capture")
         if self.checkpoint is not None:
             raise PolicyError("kvdirect decodes outside llama.cpp's capture; it keeps its own checkpoint")
-        ctx.set_capture(wanted)
-        self._capture = ResidualCapture(wanted, self.model)
+        with self._serving():
+            if self._capture is not None:
+                raise SessionBusyError("a capture is already active on this session")
+            ctx.set_capture(wanted)
+            self._capture = ResidualCapture(wanted, self.model)
         try:
             yield self._capture
         finally:
@@ -343,6 +408,7 @@ class Session:
 
     # -- re-injection (P2, P3) ---------------------------------------------
 
+    @_one_call
     def evict(self, positions: Sequence[int] | np.ndarray) -> None:
         """Free the KV cells of these positions at every layer. The tokens stay part of the
         session's history; until refilled, attention no longer sees them."""
@@ -352,6 +418,7 @@ class Session:
             ctx.seq_rm(0, first, last + 1)
         self._policy.forget(positions.tolist())
 
+    @_one_call
     def refill(self, residuals: ResidualCapture | np.ndarray, positions: Sequence[int] | np.ndarray | None = None,
                layers: range | None = None) -> None:
         """P2: recompute the K/V of ``layers`` for ``positions`` from their residuals and write them
@@ -372,7 +439,7 @@ class Session:
         elif positions is None or layers is None:
             raise ResidualError("refill from an array needs positions and layers")
         if not isinstance(layers, range) or layers.step != 1:
-            raise IndexError(f"layers must be a range of consecutive layers, not {layers!r}")
+            raise IndexOutOfRangeError(f"layers must be a range of consecutive layers, not {layers!r}")
         layers = checked_layer_range(layers.start, layers.stop, info.n_layer)
         positions = checked_positions(positions, len(self._tokens) + len(extension))
         rows = checked_rows(residuals, (len(layers), len(positions), info.n_embd), "residuals")
@@ -382,6 +449,7 @@ class Session:
         self._tokens.extend(extension)
         self._policy.admitted(positions.tolist())
 
+    @_one_call
     def forward_layers(self, h: np.ndarray, positions: Sequence[int] | np.ndarray, start: int, end: int, *,
                        logits: bool = False):
         """P3: run layers [start, end) from h^(start) (float32 [len(positions), n_embd]) with
@@ -394,7 +462,7 @@ class Session:
         info = self.model.info
         layers = checked_layer_range(start, end, info.n_layer)
         if logits and layers.stop != info.n_layer:
-            raise IndexError("logits need the forward to run to the last layer (end == n_layer)")
+            raise IndexOutOfRangeError("logits need the forward to run to the last layer (end == n_layer)")
         positions = checked_positions(positions, len(self._tokens))
         rows = checked_rows(h, (len(positions), info.n_embd), "h")
         self._check_reinjection()
@@ -448,6 +516,7 @@ class Session:
 
     # -- generation --------------------------------------------------------
 
+    @_one_call
     def generate(self, prompt: str | Sequence[int] | np.ndarray | None = None, *, max_tokens: int = 128,
                  sampling: SamplingParams | None = None, stop_at_eog: bool = True) -> Generation:
         """Process ``prompt`` (if any) and generate up to max_tokens tokens."""
@@ -461,9 +530,15 @@ class Session:
         """Like generate, yielding text as it is produced (whole UTF-8 characters only).
 
         The prompt is validated and processed when stream() is called; tokens are
-        generated as the iterator is consumed.
+        generated as the iterator is consumed; until it is exhausted or closed, the session
+        takes no other call.
         """
-        return self._run(prompt, max_tokens, sampling, stop_at_eog, _Run())
+        self._acquire()
+        try:
+            return _HeldStream(self._run(prompt, max_tokens, sampling, stop_at_eog, _Run()), self._busy.release)
+        except BaseException:
+            self._busy.release()
+            raise
 
     def _run(self, prompt, max_tokens: int, sampling: SamplingParams | None, stop_at_eog: bool,
              run: _Run) -> Iterator[str]:
@@ -483,10 +558,10 @@ class Session:
 
     def _check_run_args(self, max_tokens: int, sampling: SamplingParams | None) -> SamplingParams:
         if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 0:
-            raise ValueError(f"max_tokens must be an integer >= 0, not {max_tokens!r}")
+            raise ArgumentError(f"max_tokens must be an integer >= 0, not {max_tokens!r}")
         params = sampling or self.sampling
         if not isinstance(params, SamplingParams):
-            raise TypeError("sampling must be a pykvd.SamplingParams")
+            raise ArgumentTypeError("sampling must be a pykvd.SamplingParams")
         return params
 
     def _decode_loop(self, max_tokens: int, params: SamplingParams, stop_at_eog: bool,
@@ -524,12 +599,15 @@ class Session:
             self._counters.decode_s += run.decode_s
 
     def _sampler(self, params: SamplingParams):
-        sampler = native.Sampler(self._model._handle(), temperature=float(params.temperature),
+        # llama.cpp allocates the penalty window up front; no sequence outgrows the context.
+        repeat_last_n = min(int(params.repeat_last_n), self._max_positions())
+        temperature = 0.0 if params.greedy else float(params.temperature)
+        sampler = native.Sampler(self._model._handle(), temperature=temperature,
                                  top_k=int(params.top_k), top_p=float(params.top_p), min_p=float(params.min_p),
                                  repeat_penalty=float(params.repeat_penalty),
-                                 repeat_last_n=int(params.repeat_last_n), seed=int(params.resolved_seed()))
-        if params.repeat_penalty != 1.0 and params.repeat_last_n:
-            for token in self.tokens[-params.repeat_last_n:]:
+                                 repeat_last_n=repeat_last_n, seed=int(params.resolved_seed()))
+        if params.repeat_penalty != 1.0 and repeat_last_n:
+            for token in self.tokens[-repeat_last_n:]:
                 sampler.accept(token)
         return sampler
 
@@ -542,7 +620,15 @@ class Session:
 
     def chat_stream(self, message: str | Message | Sequence[Message], *, max_tokens: int = 256,
                     sampling: SamplingParams | None = None) -> Iterator[str]:
-        """Like chat, yielding the reply as it is produced."""
+        """Like chat, yielding the reply as it is produced (holding the session, as stream does)."""
+        self._acquire()
+        try:
+            return _HeldStream(self._chat_pieces(message, max_tokens, sampling), self._busy.release)
+        except BaseException:
+            self._busy.release()
+            raise
+
+    def _chat_pieces(self, message, max_tokens: int, sampling: SamplingParams | None) -> Iterator[str]:
         self._context()
         new = _as_messages(message)
         conversation = self.messages + new
@@ -583,12 +669,21 @@ class Session:
         return ids[n:]
 
 
-def _checked_index(value, name: str, last: int | None = None) -> int:
-    """value as an int in [0, last] (no upper bound if last is None), else IndexError."""
+def _check_sizes(**sizes) -> None:
+    """Each given size (None: derived later) as a positive int32; threads at most MAX_THREADS."""
+    for name, value in sizes.items():
+        if value is None:
+            continue
+        top = MAX_THREADS if name == "n_threads" else _MAX_INT32
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= top:
+            raise ArgumentError(f"{name} must be an integer in [1, {top}], not {value!r}")
+
+
+def _checked_index(value, name: str, last: int = _MAX_INT32) -> int:
+    """value as an int in [0, last] (llama.cpp's positions and layers are int32), else IndexError."""
     ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 0
-    if not ok or (last is not None and value > last):
-        bounds = f"in [0, {last}]" if last is not None else ">= 0"
-        raise IndexError(f"{name} must be an integer {bounds}, not {value!r}")
+    if not ok or value > last:
+        raise IndexOutOfRangeError(f"{name} must be an integer in [0, {last}], not {value!r}")
     return int(value)
 
 

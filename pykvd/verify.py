@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from .errors import ArgumentError
 from .model import Model
 from .session import Session
 
@@ -158,12 +159,22 @@ def restore(model: Model, prompt: str = PROMPT, n_steps: int = 32) -> list[Steps
 
 
 def verify(model: Model, *, cacheless_steps: int = 64, restore_steps: int = 32, prompt: str = PROMPT) -> VerifyReport:
-    report = VerifyReport(model=model.path.name, architecture=model.info.architecture,
-                          n_tokens=len(model.tokenize(prompt)))
+    n_tokens = len(model.tokenize(prompt))
+    _check_steps(model, n_tokens, cacheless_steps=cacheless_steps, restore_steps=restore_steps)
+    report = VerifyReport(model=model.path.name, architecture=model.info.architecture, n_tokens=n_tokens)
     report.recoverability = recoverability(model, prompt)
     report.cacheless = cacheless(model, prompt, cacheless_steps)
     report.restore = restore(model, prompt, restore_steps)
     return report
+
+
+def _check_steps(model: Model, n_tokens: int, **steps: int) -> None:
+    """Each step count positive and, after the prompt, within the trained context (checked before any run)."""
+    room = model.info.n_ctx_train - n_tokens
+    for name, value in steps.items():
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= room:
+            raise ArgumentError(f"{name} must be an integer in [1, {room}] (the trained context after the "
+                                f"{n_tokens}-token prompt), not {value!r}")
 
 
 def format_report(report: VerifyReport) -> str:

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -15,9 +20,30 @@ from pykvd import models
 PROMPT = "The three primary colors are"
 
 
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
 def pykvd_cli(*args: str, stdin: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "pykvd", *args], input=stdin, capture_output=True, text=True,
                           timeout=timeout, cwd="/")
+
+
+def pykvd_cli_bytes(*args: str | bytes, stdin: bytes = b"", timeout: float = 300) -> subprocess.CompletedProcess:
+    """pykvd with raw bytes in its arguments and on stdin (text that need not be UTF-8)."""
+    return subprocess.run([sys.executable, "-m", "pykvd", *args], input=stdin, capture_output=True,
+                          timeout=timeout, cwd="/")
+
+
+def assert_one_line_error(result, case="") -> None:
+    stderr = result.stderr if isinstance(result.stderr, str) else result.stderr.decode("utf-8", "replace")
+    assert result.returncode == 2, (case, result.returncode, stderr)
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pykvd: error: "), (case, stderr)
+    assert not result.stdout.strip(), case
+
+
+def user_prompt(model, text: str) -> str:
+    return model.apply_chat_template([{"role": "user", "content": text}])
 
 
 @pytest.fixture(scope="module")
@@ -49,11 +75,30 @@ def unknown_arch_gguf(tmp_path_factory):
 
 
 def test_run_prints_only_the_generated_text(smollm2_model):
-    result = pykvd_cli("run", "-p", PROMPT, "-n", "12")
+    # SmolLM2 carries a chat template: run sends the prompt as a user message, --raw as it is.
+    chat = pykvd_cli("run", "-p", PROMPT, "-n", "12")
+    raw = pykvd_cli("run", "--raw", "-p", PROMPT, "-n", "12")
+    explicit = pykvd_cli("run", "--chat", "-p", PROMPT, "-n", "12")
+    assert chat.returncode == raw.returncode == explicit.returncode == 0, chat.stderr + raw.stderr
+    with smollm2_model.session() as a, smollm2_model.session() as b:
+        as_user = a.generate(user_prompt(smollm2_model, PROMPT), max_tokens=12).text
+        as_text = b.generate(PROMPT, max_tokens=12).text
+    assert chat.stdout == explicit.stdout == as_user + "\n"
+    assert raw.stdout == as_text + "\n"
+    assert as_user != as_text
+
+
+def test_the_readme_first_command_prints_an_answer():
+    block = re.search(r"```sh\npip install \. && (pykvd run .*)\n```", README.read_text()).group(1)
+    argv = shlex.split(block)
+    assert argv[:2] == ["pykvd", "run"]
+    program = shutil.which("pykvd") or str(Path(sys.executable).with_name("pykvd"))
+    result = subprocess.run([program, *argv[1:]], capture_output=True, text=True, timeout=300, cwd="/")
     assert result.returncode == 0, result.stderr
-    with smollm2_model.session() as session:
-        expected = session.generate(PROMPT, max_tokens=12).text
-    assert result.stdout == expected + "\n"
+    words = re.findall(r"[A-Za-z]+", result.stdout)
+    assert len(words) >= 20, result.stdout
+    assert any(w.lower() in ("blue", "light", "scattering", "sky", "sun") for w in words), result.stdout
+    assert not result.stdout.lstrip().startswith(("Explain", "<|"))  # an answer, not an echo or template text
 
 
 def test_run_stats_go_to_stderr_and_leave_stdout_alone(smollm2_model):
@@ -80,9 +125,14 @@ def test_run_reads_the_prompt_from_stdin(smollm2_model):
 
 
 def test_run_gemma3_by_name():
+    # The Gemma 3 270M GGUF is a base model with no chat template: plain text is the default.
     result = pykvd_cli("run", "gemma3", "-p", "The sky is", "-n", "6")
+    raw = pykvd_cli("run", "gemma3", "--raw", "-p", "The sky is", "-n", "6")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip()
+    assert result.stdout.strip() and result.stdout == raw.stdout
+    refused = pykvd_cli("run", "gemma3", "--chat", "-p", "The sky is", "-n", "6")
+    assert_one_line_error(refused)
+    assert "no chat template" in refused.stderr
 
 
 def test_chat_keeps_the_conversation(smollm2_model):
@@ -158,22 +208,75 @@ def bad_input_cases(not_a_gguf, truncated_gguf, unknown_arch_gguf):
         "zero context": ["run", "-p", "hi", "-c", "0"],
         "negative token count": ["run", "-p", "hi", "-n", "-1"],
         "info on a missing file": ["info", "/no/such/model.gguf"],
+        "too many threads": ["run", "-p", "hi", "-t", "100000"],
+        "threads past ggml's limit": ["run", "-p", "hi", "-t", "513"],
+        "threads past int32": ["run", "-p", "hi", "-t", str(2**31 - 1)],
+        "a budget past the trained context": ["run", "-p", "hi", "--kv-budget", "99999999999GiB"],
+        "a budget of superscript digits": ["run", "-p", "hi", "--kv-budget", "²"],
+        "a one-token snapkv budget": ["run", "-p", "hi", "--kv-budget", "1", "--sinks", "0", "--policy", "snapkv"],
+        "a huge seed": ["run", "-p", "hi", "--seed", str(2**40)],
+        "plan with negative sinks": ["plan", "smollm2", "--context", "100", "--kv-budget", "64", "--sinks", "-1"],
+        "a prompt file that is a directory": ["run", "-f", "/tmp"],
     }
 
 
 def test_bad_input_is_a_one_line_error_with_exit_code_2(not_a_gguf, truncated_gguf, unknown_arch_gguf):
     for case, args in bad_input_cases(not_a_gguf, truncated_gguf, unknown_arch_gguf).items():
-        result = pykvd_cli(*args)
-        assert result.returncode == 2, (case, result.returncode, result.stderr)
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("pykvd: error: "), (case, result.stderr)
-        assert result.stdout.strip() == "", case
+        assert_one_line_error(pykvd_cli(*args), case)
 
 
 def test_unparsable_option_exits_2():
     result = pykvd_cli("run", "-p", "hi", "--temp", "warm")
-    assert result.returncode == 2
+    assert_one_line_error(result)
     assert "invalid float value" in result.stderr
+
+
+@pytest.mark.parametrize("args", [[], ["run"], ["run", "-p", "hi", "--no-such-option"], ["run", "-p", "a", "-f", "b"],
+                                  ["run", "--raw", "--chat", "-p", "hi"], ["plan", "smollm2"], ["models", "fetch", "x"],
+                                  ["run", "-p", "hi", "-n", "many"], ["nonsense"]], ids=" ".join)
+def test_command_line_mistakes_are_one_line_errors(args):
+    assert_one_line_error(pykvd_cli(*args), args)
+
+
+def test_help_still_prints_usage():
+    for args in (["--help"], ["run", "--help"], ["plan", "-h"]):
+        result = pykvd_cli(*args)
+        assert result.returncode == 0 and result.stdout.startswith("usage: pykvd"), args
+
+
+def test_text_that_is_not_utf8_is_one_error_line_or_replaced(tmp_path):
+    for args in (["run", "--chat", "-p", b"\xff\xfe"], ["run", "--raw", "-p", b"caf\xe9"],
+                 ["chat", "--system", b"\xff", "-n", "2"]):
+        assert_one_line_error(pykvd_cli_bytes(*args, stdin=b"hi\n"), args)
+    bad_file = tmp_path / "prompt.txt"
+    bad_file.write_bytes(b"caf\xe9\n")
+    refused = pykvd_cli_bytes("run", "-f", str(bad_file))
+    assert_one_line_error(refused)
+    assert b"not UTF-8" in refused.stderr
+    # stdin is decoded with invalid bytes replaced, as a terminal would show them: the chat goes on.
+    chat = pykvd_cli_bytes("chat", "-n", "4", stdin=b"caf\xe9 \xff\xfe?\nHello\n")
+    assert chat.returncode == 0, chat.stderr
+    assert len(chat.stdout.decode("utf-8").splitlines()) >= 2 and b"Traceback" not in chat.stderr
+    piped = pykvd_cli_bytes("run", "-p", "-", "-n", "4", stdin=b"\xff\xfe hello")
+    assert piped.returncode == 0, piped.stderr
+
+
+def test_special_files_as_the_model_say_what_they_are(tmp_path):
+    fifo = tmp_path / "model.gguf"
+    os.mkfifo(fifo)
+    for path, kind in ((fifo, "FIFO"), ("/dev/null", "character device"), (tmp_path, "directory")):
+        result = pykvd_cli("run", str(path), "-p", "hi", timeout=60)  # a FIFO opened for reading would block
+        assert_one_line_error(result, path)
+        assert kind in result.stderr and "does not exist" not in result.stderr, result.stderr
+
+
+def test_verify_checks_its_output_path_before_verifying(tmp_path):
+    for target in ("/tmp", str(tmp_path / "no" / "such" / "dir" / "out.json")):
+        start = time.monotonic()
+        result = pykvd_cli("verify", "smollm2", "--json", target)
+        assert_one_line_error(result, target)
+        assert "verifying" not in result.stderr and time.monotonic() - start < 30
+    assert not (tmp_path / "no").exists()
 
 
 def test_chat_needs_a_template_for_a_gguf_without_one():

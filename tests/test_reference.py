@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from dataclasses import dataclass
 
 import pytest
@@ -176,3 +177,28 @@ def test_fast_profile_matches_llama_cpp_with_same_settings(reference, name):
             assert session.profile == model.profile
             gen = session.generate(SHORT_PROMPT, max_tokens=n_predict, stop_at_eog=False)
             assert_same(ref, model, session, gen, SHORT_PROMPT)
+
+
+@pytest.mark.parametrize("name", sorted(MAX_TOKENS))
+@pytest.mark.parametrize("mode", ["--raw", "as a user message"])
+def test_cli_run_matches_llama_cpp(reference, name, mode):
+    """`pykvd run --raw` prints llama.cpp's own continuation of the text; plain `pykvd run` (the model's
+    template, or a built-in one for a GGUF without) prints its continuation of the chat-wrapped prompt."""
+    path = models.fetch(name)
+    n_predict = MAX_TOKENS[name]
+    content = CHAT_MESSAGES[0]["content"]
+    args = ["run", str(path), "-p", content, "-n", str(n_predict), "--ignore-eos", "-c", str(N_CTX),
+            "-b", "512", "-t", str(N_THREADS)]
+    with Model(path) as model:
+        if mode == "--raw":
+            text, args = content, args + ["--raw"]
+        else:
+            text = prompt_text(name, model, CHAT_MESSAGES)
+            args += [] if model.chat_template else ["--chat-template", BUILTIN_TEMPLATES[name]]
+        ref = run_reference(reference, path, text, n_predict=n_predict, n_ctx=N_CTX, n_batch=512)
+        expected = b"".join(model.token_to_bytes(t) for t in ref["tokens"]).decode("utf-8", errors="replace")
+    cli = subprocess.run([sys.executable, "-m", "pykvd", *args], capture_output=True, text=True,
+                         timeout=REFERENCE_TIMEOUT_S, cwd="/")
+    assert cli.returncode == 0, cli.stderr
+    assert len(ref["tokens"]) == n_predict
+    assert cli.stdout == expected + "\n"

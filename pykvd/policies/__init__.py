@@ -3,7 +3,9 @@ when a session's KV budget is reached."""
 
 from __future__ import annotations
 
-from ..errors import PolicyError
+import numbers
+
+from ..errors import BudgetError, PolicyError
 from .base import CachePolicy
 from .full import FullCache
 from .h2o import HeavyHitters
@@ -18,10 +20,19 @@ POLICIES: dict[str, type[CachePolicy]] = {
 }
 
 
+def checked_n_sink(n_sink) -> int:
+    if not isinstance(n_sink, numbers.Integral) or isinstance(n_sink, bool) or n_sink < 0:
+        raise PolicyError(f"n_sink must be an integer >= 0, not {n_sink!r}")
+    return int(n_sink)
+
+
 def make_policy(name: str, budget: int | None, *, n_sink: int = 4, checkpoint: str | None = None,
                 n_layer: int = 0, n_embd: int = 0) -> CachePolicy:
     """The policy called name. checkpoint ("tokens" or "residuals") applies to kvdirect only;
     n_layer and n_embd size its residual checkpoint."""
+    n_sink = checked_n_sink(n_sink)
+    if budget is not None and (not isinstance(budget, numbers.Integral) or isinstance(budget, bool) or budget < 1):
+        raise BudgetError(f"a policy's budget must be a positive number of tokens, not {budget!r}")
     if not isinstance(name, str) or name not in POLICIES:
         raise PolicyError(f"unknown policy {name!r} (choose from {', '.join(POLICIES)})")
     if name == "full" and budget is not None:
@@ -29,11 +40,14 @@ def make_policy(name: str, budget: int | None, *, n_sink: int = 4, checkpoint: s
     if name != "full" and budget is None:
         raise PolicyError(f"policy {name!r} needs a kv_budget")
     if name == "kvdirect":
-        return KVDirect(budget, n_sink=n_sink, checkpoint="tokens" if checkpoint is None else checkpoint,
-                        n_layer=n_layer, n_embd=n_embd)
-    if checkpoint is not None:
+        policy = KVDirect(budget, n_sink=n_sink, checkpoint="tokens" if checkpoint is None else checkpoint,
+                          n_layer=n_layer, n_embd=n_embd)
+    elif checkpoint is not None:
         raise PolicyError(f"a checkpoint kind applies to the kvdirect policy only, not {name!r}")
-    return POLICIES[name](budget, n_sink=n_sink)
+    else:
+        policy = POLICIES[name](budget, n_sink=n_sink)
+    policy.check_budget()
+    return policy
 
 
-__all__ = ["CHECKPOINTS", "CachePolicy", "POLICIES", "PolicyError", "make_policy"]
+__all__ = ["CHECKPOINTS", "CachePolicy", "POLICIES", "PolicyError", "checked_n_sink", "make_policy"]

@@ -7,6 +7,8 @@ import bisect
 
 import numpy as np
 
+from ..errors import BudgetError
+
 
 class CachePolicy:
     """Keeps the hot set within ``budget`` cells, evicting what ``victims`` chooses.
@@ -35,6 +37,14 @@ class CachePolicy:
     def protected(self) -> int:
         """Hot tokens no eviction may take (the sinks, for policies that keep them)."""
         return 0
+
+    def check_budget(self) -> None:
+        """BudgetError unless the budget leaves a cell beyond the protected tokens: make_room must always
+        find its victims, or a decode would fail halfway through a prompt."""
+        if self.bounded and self.budget <= self.protected:
+            raise BudgetError(f"policy {self.name!r} never evicts {self.protected} of its hot tokens (sinks or "
+                              f"recent window), so a KV budget of {self.budget} tokens leaves it no room: "
+                              "use a larger budget")
 
     def max_new_tokens(self) -> int:
         """The most tokens one decode may add: they all need cells at once. Policies that choose
