@@ -458,3 +458,14 @@ def test_refusals_leave_the_process_usable(counted_probes, tmp_path, tiny_dir, t
         ensure_loadable(crash, read_header(crash).data_offset, LoadParams())
     with pykvd.Model(tiny_llama_path) as model, model.session(n_ctx=64, n_threads=1) as s:
         assert len(s.generate(PROMPT, max_tokens=4, stop_at_eog=False).tokens) == 4
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3", "phi3"])
+def test_a_one_token_trained_context_generates_or_refuses_cleanly(tmp_path, tiny_dir, arch):
+    # llama.cpp pads a 1-cell context to 256 cells; a bounded session cannot exceed the trained context.
+    path = rewrite(tiny(tiny_dir, arch), tmp_path / "ctx1.gguf", kv={f"{arch}.context_length": (1, U32)})
+    with pykvd.Model(path) as model:
+        with model.session(n_threads=1) as session:
+            assert len(session.generate(PROMPT, max_tokens=4, stop_at_eog=False).tokens) == 4
+        with pytest.raises(pykvd.BudgetError, match="trained context"):
+            model.session(kv_budget=8, policy="kvdirect", n_threads=1)
