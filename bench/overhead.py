@@ -308,7 +308,7 @@ def main(argv=None) -> int:
 
     from pykvd import models, paths
     from pykvd._llama import native  # sets GGML_CPU_TILED_MM=0 (unless set) before llama.cpp loads
-    from pykvd.model import Model
+    from pykvd import Model
     from pykvd.profile import TILED_MM_ENV
 
     model_path = str(models.resolve(args.model))

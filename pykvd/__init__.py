@@ -27,12 +27,12 @@ from .errors import (
 __version__ = "0.1.0"
 
 _LAZY = {
-    "Model": "pykvd.model",
+    "Model": "pykvd.api",
     "Session": "pykvd.session",
     "SamplingParams": "pykvd.sampling",
     "RuntimeProfile": "pykvd.profile",
     "ResidualCapture": "pykvd.residuals",
-    "load": "pykvd.model",
+    "load": "pykvd.api",
 }
 
 

@@ -14,8 +14,6 @@ from fractions import Fraction
 from .errors import BudgetError
 from .memory import parse_bytes
 
-_PROBE_CELLS = 256
-_bytes_per_cell: dict[tuple, float] = {}
 
 
 @dataclass(frozen=True)
@@ -30,14 +28,8 @@ class KVBudget:
 
 
 def measured_bytes_per_cell(model) -> float:
-    """KV buffer bytes per cell of this model, from llama.cpp's allocator (cached per weights file)."""
-    from .residuals import model_key
-    from .state_table import measured_kv_buffer
-
-    key = model_key(model)
-    if key not in _bytes_per_cell:
-        _bytes_per_cell[key] = measured_kv_buffer(model, _PROBE_CELLS) / _PROBE_CELLS
-    return _bytes_per_cell[key]
+    """KV buffer bytes per cell of this model, from llama.cpp's allocator (measured once per model)."""
+    return model.kv_bytes_per_cell
 
 
 def resolve_budget(spec, model, *, min_tokens: int) -> KVBudget:

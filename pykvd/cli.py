@@ -176,7 +176,7 @@ def _progress(message: str) -> None:
 
 def _load(args):
     from ._llama import native
-    from .model import Model
+    from .api import Model
 
     native.set_log_to_stderr(getattr(args, "verbose", False))
     return Model(args.model, exact=not getattr(args, "fast", False),
@@ -357,7 +357,7 @@ def _cmd_plan(args) -> int:
 def _cmd_verify(args) -> int:
     """Exit 0 when every check is exact, 1 on any mismatch."""
     from ._llama import native
-    from .model import Model
+    from .api import Model
     from .verify import format_report, verify
 
     for name in ("cacheless_steps", "restore_steps"):

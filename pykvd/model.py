@@ -20,6 +20,8 @@ from .profile import RuntimeProfile
 
 Message = dict  # {"role": ..., "content": ...}
 
+KV_PROBE_CELLS = 256  # llama.cpp pads a context to 256 cells, so this size is allocated exactly
+
 
 @dataclass(frozen=True)
 class LayerInfo:
@@ -66,8 +68,9 @@ class ModelInfo:
         return tuple(layer.index for layer in self.layers if layer.is_swa)
 
 
-class Model:
-    """A GGUF model loaded by llama.cpp.
+class LoadedModel:
+    """A GGUF model loaded by llama.cpp: weights, tokenizer, chat template and dimensions.
+    (pykvd.Model is this plus ``session()``.)
 
     ``model`` is a path to a GGUF file or the name of a fetchable model
     ("smollm2", "gemma3"). ``exact=True`` (default) loads weights without
@@ -98,6 +101,7 @@ class Model:
         self._native = native.Model(str(self.path), n_gpu_layers=n_gpu_layers, use_mmap=use_mmap,
                                     use_extra_bufts=self.profile.extra_bufts)
         self.info = self._read_info(header.architecture, header.metadata.get("general.name", ""))
+        self._kv_bytes_per_cell: float | None = None
 
     def _read_info(self, arch: str, name: object) -> ModelInfo:
         m = self._native
@@ -118,13 +122,13 @@ class Model:
         """Release this handle on the weights; sessions still open keep them alive until they close."""
         self._native.close()
 
-    def _share(self) -> Model:
+    def _share(self) -> LoadedModel:
         """A private view of this model for a session: it keeps the weights usable until it is closed."""
         view = copy.copy(self)
         view._native = self._handle().share()  # its own reference to the same weights
         return view
 
-    def __enter__(self) -> Model:
+    def __enter__(self) -> LoadedModel:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -200,13 +204,30 @@ class Model:
         except ValueError as exc:
             raise PromptError(str(exc)) from None
 
-    # -- sessions ----------------------------------------------------------
+    # -- what state costs ----------------------------------------------------
 
-    def session(self, **kwargs):
-        """A new Session over this model; see pykvd.Session for the arguments."""
-        from .session import Session
+    @property
+    def key(self) -> tuple:
+        """What residuals and measurements must agree on: the same weights file and geometry."""
+        path = os.path.realpath(self.path)
+        return path, os.path.getsize(path), self.info.n_layer, self.info.n_embd
 
-        return Session(self, **kwargs)
+    def kv_buffer_bytes(self, n_ctx: int, *, swa_full: bool = True) -> int:
+        """Bytes of the KV buffer llama.cpp allocates for a context of n_ctx cells, read from its allocator."""
+        n_batch = min(512, n_ctx)
+        ctx = native.Context(self._handle(), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch, n_threads=1,
+                             n_threads_batch=1, flash_attn=self.profile.flash_attn, swa_full=swa_full)
+        try:
+            return int(ctx.memory()["kv"])
+        finally:
+            ctx.close()
+
+    @property
+    def kv_bytes_per_cell(self) -> float:
+        """KV buffer bytes one cell costs, measured once per model from a context of KV_PROBE_CELLS cells."""
+        if self._kv_bytes_per_cell is None:
+            self._kv_bytes_per_cell = self.kv_buffer_bytes(KV_PROBE_CELLS) / KV_PROBE_CELLS
+        return self._kv_bytes_per_cell
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else self.info.description
@@ -237,8 +258,3 @@ def _check_load_flags(n_gpu_layers, exact, use_mmap, probe) -> None:
             raise ArgumentTypeError(f"{name} must be True or False, not {value!r}")
     if probe is not None and not isinstance(probe, bool):
         raise ArgumentTypeError(f"probe must be True, False or None, not {probe!r}")
-
-
-def load(model: str | os.PathLike[str], **kwargs) -> Model:
-    """Load a GGUF path or a fetchable model name; keyword arguments as for Model."""
-    return Model(model, **kwargs)

@@ -11,12 +11,6 @@ import numpy as np
 from .errors import IndexOutOfRangeError, ResidualError
 
 
-def model_key(model) -> tuple:
-    """What residuals must agree on to be re-injected: the same weights file and geometry."""
-    path = os.path.realpath(model.path)
-    return path, os.path.getsize(path), model.info.n_layer, model.info.n_embd
-
-
 class ResidualCapture:
     """Residual-stream vectors h^(l) captured while a session decodes.
 
@@ -27,7 +21,7 @@ class ResidualCapture:
 
     def __init__(self, layers: Sequence[int], model=None):
         self.layers = tuple(layers)
-        self.model_key = model_key(model) if model is not None else None
+        self.model_key = model.key if model is not None else None
         self._rows: dict[int, list[np.ndarray]] = {layer: [] for layer in self.layers}
         self._positions: list[np.ndarray] = []
         self._tokens: list[np.ndarray] = []

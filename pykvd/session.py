@@ -17,10 +17,10 @@ from ._llama import native
 from .errors import (ArgumentError, ArgumentTypeError, ContextOverflowError, IndexOutOfRangeError, PolicyError,
                      PromptError, ResidualError, SessionBusyError, SessionClosedError, UnsupportedArchitectureError)
 from .memory import rss_bytes
-from .model import Message, Model
+from .model import LoadedModel, Message
 from .profile import FLASH_ATTN_OFF, RuntimeProfile
 from .policies.base import runs
-from .residuals import ResidualCapture, checked_layer_range, checked_positions, checked_rows, model_key
+from .residuals import ResidualCapture, checked_layer_range, checked_positions, checked_rows
 from .sampling import SamplingParams
 
 FINISH_STOP = "stop"  # the model produced an end-of-generation token
@@ -158,7 +158,7 @@ class Session:
     works. Use one session per thread, or finish (or close()) a stream before the next call.
     """
 
-    def __init__(self, model: Model, *, n_ctx: int | None = None, n_batch: int = 512, n_ubatch: int | None = None,
+    def __init__(self, model: LoadedModel, *, n_ctx: int | None = None, n_batch: int = 512, n_ubatch: int | None = None,
                  n_threads: int | None = None, sampling: SamplingParams | None = None, exact: bool | None = None,
                  swa_full: bool = True, kv_budget: int | str | None = None, policy: str | None = None,
                  n_sink: int = 4, checkpoint: str | None = None):
@@ -204,7 +204,7 @@ class Session:
         self._logits: np.ndarray | None = None  # last logits, when the policy computed them (kvdirect)
 
     @staticmethod
-    def _make_policy(model: Model, kv_budget, policy, n_sink, checkpoint):
+    def _make_policy(model: LoadedModel, kv_budget, policy, n_sink, checkpoint):
         from .budget import resolve_budget
         from .policies import checked_n_sink, make_policy
 
@@ -472,7 +472,7 @@ class Session:
         return (h_end, out) if logits else h_end
 
     def _from_capture(self, capture: ResidualCapture, positions, layers):
-        if capture.model_key != model_key(self.model):
+        if capture.model_key != self.model.key:
             raise ResidualError("these residuals were captured from a different model")
         if layers is None:
             inner = [layer for layer in capture.layers if layer < self.model.info.n_layer]

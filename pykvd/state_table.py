@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .model import Model, ModelInfo
+from .model import LoadedModel, ModelInfo
 
 F16_BYTES, F32_BYTES, TOKEN_ID_BYTES = 2, 4, 4
 
@@ -32,10 +32,9 @@ def state_per_token(info: ModelInfo) -> list[StateRow]:
     ]
 
 
-def measured_kv_buffer(model: Model, n_ctx: int, *, swa_full: bool = True) -> int:
+def measured_kv_buffer(model: LoadedModel, n_ctx: int, *, swa_full: bool = True) -> int:
     """Bytes of the KV buffer llama.cpp allocates for a context of n_ctx tokens."""
-    with model.session(n_ctx=n_ctx, n_batch=min(512, n_ctx), swa_full=swa_full) as session:
-        return session.stats.kv_bytes
+    return model.kv_buffer_bytes(n_ctx, swa_full=swa_full)
 
 
 def format_table(rows: list[StateRow]) -> str:

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .errors import ArgumentError
-from .model import Model
+from .model import LoadedModel
 from .session import Session
 
 PROMPT = ("The residual stream carries everything a transformer knows about a token: "
@@ -58,8 +58,8 @@ class VerifyReport:
         return {**asdict(self), "ok": self.ok}
 
 
-def _session(model: Model, n_tokens: int) -> Session:
-    return model.session(n_ctx=max(256, n_tokens + 8))
+def _session(model: LoadedModel, n_tokens: int) -> Session:
+    return Session(model, n_ctx=max(256, n_tokens + 8))
 
 
 def greedy_steps(session: Session, n_steps: int) -> tuple[list[int], list[np.ndarray]]:
@@ -80,7 +80,7 @@ def _compare(name: str, ref: tuple[list[int], list[np.ndarray]], got: tuple[list
     return StepsCheck(name, len(ref[0]), ref[0] == got[0], diff)
 
 
-def recoverability(model: Model, prompt: str = PROMPT, n_decode: int = 16) -> list[LayerCheck]:
+def recoverability(model: LoadedModel, prompt: str = PROMPT, n_decode: int = 16) -> list[LayerCheck]:
     """Capture h^(l) at every layer during a prefill and n_decode single-token steps, rebuild all
     K/V with P2 in a fresh session, and compare every stored row with the original cache."""
     n_layer = model.info.n_layer
@@ -103,7 +103,7 @@ def recoverability(model: Model, prompt: str = PROMPT, n_decode: int = 16) -> li
         return checks
 
 
-def cacheless(model: Model, prompt: str = PROMPT, n_steps: int = 64) -> StepsCheck:
+def cacheless(model: LoadedModel, prompt: str = PROMPT, n_steps: int = 64) -> StepsCheck:
     """Greedy decoding with the cache against recomputing every step from the token ids alone
     (a fresh forward over the whole sequence each step)."""
     n_tokens = len(model.tokenize(prompt)) + n_steps
@@ -122,7 +122,7 @@ def cacheless(model: Model, prompt: str = PROMPT, n_steps: int = 64) -> StepsChe
         return _compare("cacheless", ref, (tokens, logits))
 
 
-def restore(model: Model, prompt: str = PROMPT, n_steps: int = 32) -> list[StepsCheck]:
+def restore(model: LoadedModel, prompt: str = PROMPT, n_steps: int = 32) -> list[StepsCheck]:
     """Evict the prompt's KV cells and restore them by P2 from every layer's residuals, by P2
     below layer c plus P3 from h^(c) above it, and by re-prefill; the next n_steps greedy steps
     must give the never-evicted run's logits."""
@@ -158,7 +158,7 @@ def restore(model: Model, prompt: str = PROMPT, n_steps: int = 32) -> list[Steps
     return checks
 
 
-def verify(model: Model, *, cacheless_steps: int = 64, restore_steps: int = 32, prompt: str = PROMPT) -> VerifyReport:
+def verify(model: LoadedModel, *, cacheless_steps: int = 64, restore_steps: int = 32, prompt: str = PROMPT) -> VerifyReport:
     n_tokens = len(model.tokenize(prompt))
     _check_steps(model, n_tokens, cacheless_steps=cacheless_steps, restore_steps=restore_steps)
     report = VerifyReport(model=model.path.name, architecture=model.info.architecture, n_tokens=n_tokens)
@@ -168,7 +168,7 @@ def verify(model: Model, *, cacheless_steps: int = 64, restore_steps: int = 32, 
     return report
 
 
-def _check_steps(model: Model, n_tokens: int, **steps: int) -> None:
+def _check_steps(model: LoadedModel, n_tokens: int, **steps: int) -> None:
     """Each step count positive and, after the prompt, within the trained context (checked before any run)."""
     room = model.info.n_ctx_train - n_tokens
     for name, value in steps.items():

@@ -12,7 +12,6 @@ import pytest
 
 import pykvd
 from pykvd import BudgetError, PromptError, PykvdError, SamplingParams
-from pykvd import budget as budgets
 from pykvd.errors import (ArgumentError, ArgumentTypeError, IndexOutOfRangeError, ModelNotFoundError,
                           SessionBusyError)
 from pykvd.memory import rss_bytes
@@ -131,11 +130,11 @@ def test_a_budget_larger_than_the_trained_context_is_refused(tiny_llama):
 
 
 @pytest.mark.parametrize("kv_budget", [2.5, [64], b"64", True, object()])
-def test_a_budget_of_the_wrong_type_builds_no_context(tiny_llama, kv_budget):
-    budgets._bytes_per_cell.clear()  # the probe context fills this cache when it is built
-    with pytest.raises(BudgetError, match="kv_budget must be"):
-        tiny_llama.session(kv_budget=kv_budget, n_threads=1)
-    assert budgets._bytes_per_cell == {}
+def test_a_budget_of_the_wrong_type_builds_no_context(tiny_dir, kv_budget):
+    with pykvd.Model(tiny_dir / "tiny-llama.gguf") as model:  # a fresh model: no cell measured yet
+        with pytest.raises(BudgetError, match="kv_budget must be"):
+            model.session(kv_budget=kv_budget, n_threads=1)
+        assert model._kv_bytes_per_cell is None  # the measuring context was never built
 
 
 # -- text that is not UTF-8 ---------------------------------------------------------------

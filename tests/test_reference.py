@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import pytest
 
 from pykvd import models, paths
-from pykvd.model import Model
+from pykvd import Model
 from pykvd.profile import FLASH_ATTN_AUTO, FLASH_ATTN_OFF, TILED_MM_ENV
 from pykvd.session import FINISH_LENGTH, FINISH_STOP, Session
 
