@@ -25,8 +25,13 @@ FINISH_STOP = "stop"  # the model produced an end-of-generation token
 FINISH_LENGTH = "length"  # max_tokens reached
 FINISH_CONTEXT = "context"  # the context is full
 
-# Architectures whose graphs expose every layer's input to capture (patches/0002) and re-injection (0004).
-CAPTURE_ARCHITECTURES = frozenset({"llama", "qwen2", "qwen3", "gemma3", "phi3"})
+# Architectures whose graphs carry llama-kvd's layer hooks (capture, re-injection, kvdirect): llama-kvd's own list.
+CAPTURE_ARCHITECTURES = frozenset(native.kvd_architectures())
+
+
+def _unsupported(what: str, arch: str) -> UnsupportedArchitectureError:
+    return UnsupportedArchitectureError(f"{what} is not available for {arch!r}: {native.kvd_unsupported_reason(arch)} "
+                                        f"(supported: {', '.join(sorted(CAPTURE_ARCHITECTURES))})")
 
 _MAX_INT32 = 2**31 - 1
 
@@ -130,9 +135,7 @@ class Session:
             raise PolicyError(f"policy {self._policy.name!r} works on llama.cpp's attention with flash attention "
                               "off: use the exact profile")
         if self.checkpoint is not None and info.architecture not in CAPTURE_ARCHITECTURES:
-            raise UnsupportedArchitectureError(
-                f"kvdirect recomputes evicted tokens through the layer hook of patches/0004, which "
-                f"{info.architecture!r} lacks (supported: {', '.join(sorted(CAPTURE_ARCHITECTURES))})")
+            raise _unsupported("kvdirect (recomputing evicted tokens)", info.architecture)
         self.model = model
         # The session's own view of the weights, usable even after model.close().
         self._model = model._share()
@@ -322,9 +325,7 @@ class Session:
         ctx = self._context()
         info = self.model.info
         if info.architecture not in CAPTURE_ARCHITECTURES:
-            raise UnsupportedArchitectureError(
-                f"residual capture is not available for {info.architecture!r} "
-                f"(supported: {', '.join(sorted(CAPTURE_ARCHITECTURES))})")
+            raise _unsupported("residual capture", info.architecture)
         wanted = sorted({_checked_index(layer, "layer", info.n_layer) for layer in layers})
         if not wanted:
             raise ValueError("no layers to capture")
@@ -443,8 +444,7 @@ class Session:
 
     def _check_reinjection(self) -> None:
         if self.model.info.architecture not in CAPTURE_ARCHITECTURES:
-            raise UnsupportedArchitectureError(
-                f"K/V re-injection is not available for {self.model.info.architecture!r}")
+            raise _unsupported("K/V re-injection", self.model.info.architecture)
 
     # -- generation --------------------------------------------------------
 
