@@ -8,17 +8,26 @@ tokenizer and a chat template, so llama.cpp loads them, tokenizes and
 detokenizes text exactly, applies the chat template and decodes in
 milliseconds.
 
-Every file follows what the pinned llama.cpp expects for its architecture:
+Every file follows what the pinned llama.cpp expects for its architecture
+(its src/models/<arch>.cpp loader):
 
-* ``llama``  - separate q/k/v, SwiGLU FFN, llama-3 chat template.
+* ``llama``, ``smollm3``, ``mistral3`` - separate q/k/v, SwiGLU FFN (smollm3
+  skips RoPE in every fourth layer), llama-3 or ChatML template.
 * ``qwen2``  - like llama plus q/k/v biases, ChatML template.
 * ``qwen3``  - per-head RMS q_norm/k_norm, ChatML template.
-* ``gemma3`` - q_norm/k_norm, post-attention and post-FFN norms, embeddings
+* ``qwen3moe`` - qwen3's attention, a mixture-of-experts FFN.
+* ``gemma2``, ``gemma3`` - post-attention and post-FFN norms, embeddings
   scaled by sqrt(n_embd) inside llama.cpp, and interleaved sliding-window
-  (local) and global attention layers; gemma chat template.
+  (local) and global attention layers; gemma3 adds q_norm/k_norm, gemma2
+  soft-caps attention and final logits; gemma chat template.
 * ``phi3``   - fused ``attn_qkv`` and fused gate+up ``ffn_up``, phi-3 template.
   As for real Phi-3 files, llama.cpp strips whitespace after special tokens
   when tokenizing, so a formatted chat does not round-trip byte for byte.
+* ``granite`` - llama's layout with logit and residual scales.
+* ``olmo2``  - no pre-norms: q/k norms over the whole projection, post norms.
+* ``glm4``   - post norms and a fused gate+up ``ffn_up``.
+* ``gpt-oss`` (llama.cpp's openai-moe) - sliding-window and full layers in
+  turn, attention sinks, biased projections and a biased expert FFN.
 
 All files share one tokenizer: the 256 GPT-2 byte tokens, a few merges and
 the chat's special tokens (about 300 tokens).
@@ -41,7 +50,7 @@ from dataclasses import dataclass
 import gguf
 import numpy as np
 
-ARCHITECTURES: tuple[str, ...] = ("llama", "qwen2", "qwen3", "gemma3", "phi3")
+from pykvd._llama import native
 
 # Shared dimensions.  n_head * HEAD_DIM == N_EMBD because qwen2 and phi3 size
 # their attention projections by n_embd; N_HEAD_KV < N_HEAD keeps GQA.
@@ -99,7 +108,7 @@ class ChatFormat:
 
 @dataclass(frozen=True)
 class ArchSpec:
-    """What differs between architectures apart from the tensor layout."""
+    """What differs between architectures: hyperparameters and which tensors each layer has."""
 
     chat: ChatFormat
     rms_eps: float
@@ -107,6 +116,22 @@ class ArchSpec:
     # Whether lm_head reuses token_embd; covers both of llama.cpp's code paths.
     tied_output: bool
     default_n_layer: int = DEFAULT_N_LAYER
+    qkv: str = "split"  # "split": attn_q/k/v; "fused": one attn_qkv
+    qkv_bias: bool = False
+    qk_norm: str = ""  # "": none; "head": one vector per head dim (applied per head); "full": whole projection
+    pre_norms: bool = True  # attn_norm and ffn_norm before each block (olmo2 has none)
+    post_norms: bool = False  # post_attention_norm and post_ffw_norm after each block
+    ffn: str = "swiglu"  # "swiglu": gate/up/down; "fused": gate+up in ffn_up; "moe": experts; "moe-oai": biased experts
+    attn_out_bias: bool = False
+    attn_sinks: bool = False
+    # Interleaved sliding-window layers: llama.cpp makes layer il sliding unless il % pattern == pattern - 1.
+    sliding_window: int = 0
+    swa_pattern: int = 0
+    extra_hparams: tuple[tuple[str, float | int], ...] = ()  # "<arch>.<key>": value (float32 or uint32)
+
+    def swa_layers(self, n_layer: int) -> tuple[int, ...]:
+        p = self.swa_pattern
+        return tuple(il for il in range(n_layer) if p and il % p < p - 1) if self.sliding_window else ()
 
 
 # Templates are valid Jinja (for Jinja-based consumers) and contain the markers
@@ -174,16 +199,55 @@ PHI3_CHAT = ChatFormat(
     add_bos=False,
 )
 
+# Experts of the mixture-of-experts FFNs: few and small.
+N_EXPERT = 4
+N_EXPERT_USED = 2
+N_FF_EXPERT = 32
+
 ARCH_SPECS: dict[str, ArchSpec] = {
     "llama": ArchSpec(LLAMA3_CHAT, rms_eps=1e-5, rope_freq_base=500000.0, tied_output=False),
-    "qwen2": ArchSpec(CHATML_CHAT, rms_eps=1e-6, rope_freq_base=1000000.0, tied_output=True),
-    "qwen3": ArchSpec(CHATML_CHAT, rms_eps=1e-6, rope_freq_base=1000000.0, tied_output=True),
+    "qwen2": ArchSpec(CHATML_CHAT, rms_eps=1e-6, rope_freq_base=1000000.0, tied_output=True, qkv_bias=True),
+    "qwen3": ArchSpec(CHATML_CHAT, rms_eps=1e-6, rope_freq_base=1000000.0, tied_output=True, qk_norm="head"),
     "gemma3": ArchSpec(
-        GEMMA_CHAT, rms_eps=1e-6, rope_freq_base=1000000.0, tied_output=True,
-        default_n_layer=GEMMA3_N_LAYER,
+        GEMMA_CHAT, rms_eps=1e-6, rope_freq_base=1000000.0, tied_output=True, default_n_layer=GEMMA3_N_LAYER,
+        qk_norm="head", post_norms=True, sliding_window=GEMMA3_SLIDING_WINDOW, swa_pattern=GEMMA3_SWA_PATTERN,
+        # Gemma 3 rotates local layers with a smaller base than global ones.
+        extra_hparams=(("rope.freq_base_swa", 10000.0),),
     ),
-    "phi3": ArchSpec(PHI3_CHAT, rms_eps=1e-5, rope_freq_base=10000.0, tied_output=False),
+    "phi3": ArchSpec(PHI3_CHAT, rms_eps=1e-5, rope_freq_base=10000.0, tied_output=False, qkv="fused", ffn="fused"),
+    "gemma2": ArchSpec(
+        GEMMA_CHAT, rms_eps=1e-6, rope_freq_base=10000.0, tied_output=True, post_norms=True,
+        sliding_window=GEMMA3_SLIDING_WINDOW, swa_pattern=2,
+        extra_hparams=(("attn_logit_softcapping", 50.0), ("final_logit_softcapping", 30.0)),
+    ),
+    "qwen3moe": ArchSpec(
+        CHATML_CHAT, rms_eps=1e-6, rope_freq_base=1000000.0, tied_output=False, qk_norm="head", ffn="moe",
+    ),
+    "granite": ArchSpec(
+        CHATML_CHAT, rms_eps=1e-5, rope_freq_base=10000.0, tied_output=True,
+        extra_hparams=(("logit_scale", 8.0), ("residual_scale", 0.22), ("embedding_scale", 12.0),
+                       ("attention.scale", 0.0625)),
+    ),
+    "olmo2": ArchSpec(
+        CHATML_CHAT, rms_eps=1e-6, rope_freq_base=500000.0, tied_output=False, qk_norm="full", pre_norms=False,
+        post_norms=True,
+    ),
+    "smollm3": ArchSpec(CHATML_CHAT, rms_eps=1e-6, rope_freq_base=2000000.0, tied_output=True),
+    "mistral3": ArchSpec(LLAMA3_CHAT, rms_eps=1e-5, rope_freq_base=1000000.0, tied_output=False),
+    "gpt-oss": ArchSpec(
+        CHATML_CHAT, rms_eps=1e-5, rope_freq_base=150000.0, tied_output=False, qkv_bias=True, ffn="moe-oai",
+        attn_out_bias=True, attn_sinks=True, sliding_window=GEMMA3_SLIDING_WINDOW, swa_pattern=2,
+    ),
+    "glm4": ArchSpec(CHATML_CHAT, rms_eps=1e-5, rope_freq_base=10000.0, tied_output=False, qkv_bias=True,
+                     post_norms=True, ffn="fused"),
 }
+
+# Architectures whose K/V pykvd can recompute: the list llama-kvd exports (patches/), which the
+# generator must cover.
+ARCHITECTURES: tuple[str, ...] = tuple(native.kvd_architectures())
+_MISSING = set(ARCHITECTURES) - set(ARCH_SPECS)
+if _MISSING:
+    raise RuntimeError(f"models/synthetic.py has no spec for {sorted(_MISSING)}, which llama-kvd supports")
 
 
 @dataclass(frozen=True)
@@ -249,39 +313,65 @@ def _bias(rng: np.random.Generator, size: int) -> np.ndarray:
     return (rng.standard_normal(size) * WEIGHT_STD).astype(np.float32)
 
 
-def _attention_tensors(arch: str, rng: np.random.Generator) -> Iterator[tuple[str, np.ndarray]]:
+def _attention_tensors(spec: ArchSpec, rng: np.random.Generator) -> Iterator[tuple[str, np.ndarray]]:
     n_q = N_HEAD * HEAD_DIM
     n_kv = N_HEAD_KV * HEAD_DIM
-    if arch == "phi3":
+    if spec.pre_norms:
+        yield "attn_norm.weight", _norm(rng, N_EMBD)
+    if spec.qkv == "fused":
         # Phi-3 stores q, k and v stacked in one projection.
         yield "attn_qkv.weight", _matrix(rng, n_q + 2 * n_kv, N_EMBD)
     else:
         yield "attn_q.weight", _matrix(rng, n_q, N_EMBD)
         yield "attn_k.weight", _matrix(rng, n_kv, N_EMBD)
         yield "attn_v.weight", _matrix(rng, n_kv, N_EMBD)
-    if arch == "qwen2":
+    if spec.qkv_bias:
         yield "attn_q.bias", _bias(rng, n_q)
         yield "attn_k.bias", _bias(rng, n_kv)
         yield "attn_v.bias", _bias(rng, n_kv)
-    if arch in ("qwen3", "gemma3"):
+    if spec.qk_norm == "head":
         # One weight vector shared by all heads, applied per head.
         yield "attn_q_norm.weight", _norm(rng, HEAD_DIM)
         yield "attn_k_norm.weight", _norm(rng, HEAD_DIM)
+    elif spec.qk_norm == "full":
+        yield "attn_q_norm.weight", _norm(rng, n_q)
+        yield "attn_k_norm.weight", _norm(rng, n_kv)
     yield "attn_output.weight", _matrix(rng, N_EMBD, n_q)
-    if arch == "gemma3":
+    if spec.attn_out_bias:
+        yield "attn_output.bias", _bias(rng, N_EMBD)
+    if spec.attn_sinks:
+        yield "attn_sinks.weight", _bias(rng, N_HEAD)
+    if spec.post_norms or spec.ffn == "moe-oai":
+        # gpt-oss names its FFN pre-norm post_attention_norm.
         yield "post_attention_norm.weight", _norm(rng, N_EMBD)
 
 
-def _ffn_tensors(arch: str, rng: np.random.Generator) -> Iterator[tuple[str, np.ndarray]]:
-    if arch == "phi3":
+def _ffn_tensors(spec: ArchSpec, rng: np.random.Generator) -> Iterator[tuple[str, np.ndarray]]:
+    if spec.pre_norms and spec.ffn != "moe-oai":
+        yield "ffn_norm.weight", _norm(rng, N_EMBD)
+    if spec.ffn == "fused":
         # Gate and up stacked in one projection, split by llama.cpp's SwiGLU.
         yield "ffn_up.weight", _matrix(rng, 2 * N_FF, N_EMBD)
-    else:
+        yield "ffn_down.weight", _matrix(rng, N_EMBD, N_FF)
+    elif spec.ffn == "swiglu":
         yield "ffn_gate.weight", _matrix(rng, N_FF, N_EMBD)
         yield "ffn_up.weight", _matrix(rng, N_FF, N_EMBD)
-    yield "ffn_down.weight", _matrix(rng, N_EMBD, N_FF)
-    if arch == "gemma3":
+        yield "ffn_down.weight", _matrix(rng, N_EMBD, N_FF)
+    else:
+        yield from _expert_tensors(spec, rng)
+    if spec.post_norms:
         yield "post_ffw_norm.weight", _norm(rng, N_EMBD)
+
+
+def _expert_tensors(spec: ArchSpec, rng: np.random.Generator) -> Iterator[tuple[str, np.ndarray]]:
+    # numpy (n_expert, rows, cols) is ggml's {cols, rows, n_expert}.
+    yield "ffn_gate_inp.weight", _matrix(rng, N_EXPERT, N_EMBD)
+    for name, rows, cols in (("gate", N_FF_EXPERT, N_EMBD), ("up", N_FF_EXPERT, N_EMBD), ("down", N_EMBD, N_FF_EXPERT)):
+        yield f"ffn_{name}_exps.weight", np.stack([_matrix(rng, rows, cols) for _ in range(N_EXPERT)])
+    if spec.ffn == "moe-oai":
+        yield "ffn_gate_inp.bias", _bias(rng, N_EXPERT)
+        for name, rows in (("gate", N_FF_EXPERT), ("up", N_FF_EXPERT), ("down", N_EMBD)):
+            yield f"ffn_{name}_exps.bias", np.stack([_bias(rng, rows) for _ in range(N_EXPERT)])
 
 
 def _tensors(
@@ -290,11 +380,9 @@ def _tensors(
     spec = ARCH_SPECS[arch]
     yield "token_embd.weight", _matrix(rng, n_vocab, N_EMBD)
     for il in range(n_layer):
-        yield f"blk.{il}.attn_norm.weight", _norm(rng, N_EMBD)
-        for name, data in _attention_tensors(arch, rng):
+        for name, data in _attention_tensors(spec, rng):
             yield f"blk.{il}.{name}", data
-        yield f"blk.{il}.ffn_norm.weight", _norm(rng, N_EMBD)
-        for name, data in _ffn_tensors(arch, rng):
+        for name, data in _ffn_tensors(spec, rng):
             yield f"blk.{il}.{name}", data
     yield "output_norm.weight", _norm(rng, N_EMBD)
     if not spec.tied_output:
@@ -316,12 +404,19 @@ def _add_hparams(writer: gguf.GGUFWriter, arch: str, n_layer: int) -> None:
     writer.add_rope_dimension_count(HEAD_DIM)
     writer.add_rope_freq_base(spec.rope_freq_base)
     writer.add_layer_norm_rms_eps(spec.rms_eps)
-    if arch == "gemma3":
-        writer.add_sliding_window(GEMMA3_SLIDING_WINDOW)
-        # Raw keys: gguf releases before 0.17 have no helpers for these two.
-        writer.add_uint32(f"{arch}.attention.sliding_window_pattern", GEMMA3_SWA_PATTERN)
-        # Gemma 3 rotates local layers with a smaller base than global ones.
-        writer.add_float32(f"{arch}.rope.freq_base_swa", 10000.0)
+    if spec.sliding_window:
+        writer.add_sliding_window(spec.sliding_window)
+        # Raw key: gguf releases before 0.17 have no helper for it.
+        writer.add_uint32(f"{arch}.attention.sliding_window_pattern", spec.swa_pattern)
+    if spec.ffn.startswith("moe"):
+        writer.add_expert_count(N_EXPERT)
+        writer.add_expert_used_count(N_EXPERT_USED)
+        writer.add_expert_feed_forward_length(N_FF_EXPERT)
+    for key, value in spec.extra_hparams:
+        if isinstance(value, float):
+            writer.add_float32(f"{arch}.{key}", value)
+        else:
+            writer.add_uint32(f"{arch}.{key}", value)
 
 
 def _add_tokenizer(writer: gguf.GGUFWriter, vocab: Vocab, chat: ChatFormat) -> None:
@@ -350,7 +445,7 @@ def write_tiny_gguf(
     The same ``arch``, ``seed`` and ``n_layer`` always produce the same bytes.
     ``n_layer`` defaults to 4 (6 for gemma3, giving five sliding-window layers
     and one global layer; gemma3 makes every sixth layer global, so fewer
-    than six layers are all sliding-window).  Returns ``path`` as a
+    than six layers are all sliding-window; gemma2 and gpt-oss alternate).  Returns ``path`` as a
     ``pathlib.Path``.
     """
     if arch not in ARCH_SPECS:

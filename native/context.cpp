@@ -136,7 +136,8 @@ void set_capture(Context & self, const std::vector<int32_t> & layers) {
     }
     for (int32_t il = 0; il <= n_layer; ++il) {
         const bool on = std::find(layers.begin(), layers.end(), il) != layers.end();
-        llama_kvd_capture_layer(ctx, il, on);
+        const int32_t rc = llama_kvd_capture_layer(ctx, il, on);
+        if (on) raise_for_kvd_status(rc, "capture");
     }
     self.capture_layers = layers;
     self.n_captured = 0;
@@ -157,17 +158,17 @@ py::array_t<float> captured(Context & self, int32_t il) {
 py::tuple read_kv(Context & self, int32_t il, llama_pos pos, llama_seq_id seq) {
     llama_context * ctx = self.get();
     llama_kvd_layer_info info{};
-    if (llama_kvd_model_layer_info(self.model->model, il, &info) != 0) {
+    if (llama_kvd_model_layer_info(self.model->model, il, &info) != LLAMA_KVD_OK) {
         throw py::index_error("layer " + std::to_string(il) + " is out of range");
     }
     py::array_t<float> k(info.n_embd_k_gqa), v(info.n_embd_v_gqa);
     const int32_t rc = llama_kvd_read_kv(ctx, il, seq, pos, k.mutable_data(), v.mutable_data());
-    if (rc == -1) throw py::index_error("layer or sequence out of range, or the layer keeps no K/V");
-    if (rc == -2) {
+    if (rc == LLAMA_KVD_BAD_ARGUMENT) throw py::index_error("layer or sequence out of range, or the layer keeps no K/V");
+    if (rc == LLAMA_KVD_NOT_HELD) {
         throw py::key_error("no KV cell of layer " + std::to_string(il) + " holds position " + std::to_string(pos) +
                             " of sequence " + std::to_string(seq));
     }
-    if (rc != 0) throw DecodeError("this context's KV cache layout cannot be read back");
+    if (rc != LLAMA_KVD_OK) throw DecodeError("this context's KV cache layout cannot be read back");
     return py::make_tuple(k, v);
 }
 

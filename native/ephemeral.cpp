@@ -12,10 +12,23 @@ namespace {
 
 using Rows = py::array_t<float, py::array::c_style>;
 using Ids = py::array_t<int32_t, py::array::c_style>;
+using Flags = py::array_t<int8_t, py::array::c_style | py::array::forcecast>;
+
+// The number of logits rows a decode of n tokens returns: the flagged ones, or all.
+py::ssize_t count_outputs(const py::object & outputs, py::ssize_t n, Flags & flags) {
+    if (outputs.is_none()) return n;
+    flags = outputs.cast<Flags>();
+    if (flags.ndim() != 1 || flags.shape(0) != n) throw py::value_error("outputs must be one flag per token");
+    py::ssize_t n_out = 0;
+    for (py::ssize_t i = 0; i < n; ++i) n_out += flags.data()[i] != 0;
+    if (n_out == 0) throw py::value_error("outputs must flag at least one token");
+    return n_out;
+}
 
 // (logits [n_tokens, n_vocab], h^(0..n_layer-1) of the new tokens [n_layer, n_tokens, n_embd] or None)
 py::tuple decode_ephemeral(Context & self, const Ids & tokens, llama_pos pos0, const Ids & eph_tokens,
-                           const Ids & eph_pos, const py::object & eph_h, bool capture, llama_seq_id seq) {
+                           const Ids & eph_pos, const py::object & eph_h, bool capture, llama_seq_id seq,
+                           const py::object & outputs) {
     self.get();
     const llama_model * model = self.model->model;
     const auto n_layer = (py::ssize_t) llama_model_n_layer(model);
@@ -37,18 +50,31 @@ py::tuple decode_ephemeral(Context & self, const Ids & tokens, llama_pos pos0, c
     }
     std::vector<llama_pos> pos(n);
     for (py::ssize_t i = 0; i < n; ++i) pos[i] = pos0 + (llama_pos) i;
-    Rows logits({n, n_vocab});
+    Flags flags;
+    const py::ssize_t n_out = count_outputs(outputs, n, flags);
+    Rows logits({n_out, n_vocab});
     Rows h_out(std::vector<py::ssize_t>{capture ? n_layer : 0, n, n_embd});
     const float * h_in = eph_h.is_none() ? nullptr : residuals.data();
     float * logits_dst = logits.mutable_data();
     float * h_dst = capture ? h_out.mutable_data() : nullptr;
+    llama_kvd_ephemeral_params params = llama_kvd_ephemeral_default_params();
+    params.seq_id = seq;
+    params.tokens = tokens.data();
+    params.pos = pos.data();
+    params.n_tokens = (int32_t) n;
+    params.eph_pos = eph_pos.data();
+    params.eph_tokens = eph_tokens.data();
+    params.eph_h = h_in;
+    params.n_eph = (int32_t) n_eph;
+    params.logits = outputs.is_none() ? nullptr : flags.data();
+    params.logits_out = logits_dst;
+    params.h_out = h_dst;
     int32_t rc;
     {
         py::gil_scoped_release nogil;
         std::lock_guard<std::mutex> guard(self.lock);
         if (!self.ctx) throw ClosedError("context is closed");
-        rc = llama_kvd_decode_ephemeral(self.ctx, seq, tokens.data(), pos.data(), (int32_t) n, eph_tokens.data(),
-                                        eph_pos.data(), (int32_t) n_eph, h_in, logits_dst, h_dst);
+        rc = llama_kvd_decode_ephemeral(self.ctx, &params);
     }
     raise_for_kvd_status(rc, "ephemeral decode");
     return py::make_tuple(logits, capture ? py::object(h_out) : py::none());
@@ -59,9 +85,11 @@ py::tuple decode_ephemeral(Context & self, const Ids & tokens, llama_pos pos0, c
 void bind_ephemeral(py::class_<Context> & cls) {
     cls.def("decode_ephemeral", &decode_ephemeral, py::arg("tokens"), py::arg("pos0"), py::arg("eph_tokens"),
             py::arg("eph_pos"), py::arg("eph_h") = py::none(), py::arg("capture") = false, py::arg("seq_id") = 0,
+            py::arg("outputs") = py::none(),
             "P4: decode tokens at pos0.. while the ephemeral tokens (re-run from their ids, or from their\n"
             "residuals eph_h [n_layer, n_eph, n_embd]) join every layer's attention without taking cells.\n"
-            "Returns (logits [n, n_vocab], h^(0..n_layer-1) [n_layer, n, n_embd] if capture else None).");
+            "outputs: None (logits for every token) or one flag per token (logits only where set).\n"
+            "Returns (logits [n_outputs, n_vocab], h^(0..n_layer-1) [n_layer, n, n_embd] if capture else None).");
 }
 
 }  // namespace pykvd

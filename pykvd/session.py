@@ -18,6 +18,7 @@ from .errors import (ArgumentError, ArgumentTypeError, ContextOverflowError, Ind
                      PromptError, ResidualError, SessionBusyError, SessionClosedError, UnsupportedArchitectureError)
 from .memory import rss_bytes
 from .model import LoadedModel, Message
+from .outputs import Outputs
 from .profile import FLASH_ATTN_OFF, RuntimeProfile
 from .policies.base import runs
 from .residuals import ResidualCapture, checked_layer_range, checked_positions, checked_rows
@@ -27,8 +28,13 @@ FINISH_STOP = "stop"  # the model produced an end-of-generation token
 FINISH_LENGTH = "length"  # max_tokens reached
 FINISH_CONTEXT = "context"  # the context is full
 
-# Architectures whose graphs expose every layer's input to capture (patches/0002) and re-injection (0004).
-CAPTURE_ARCHITECTURES = frozenset({"llama", "qwen2", "qwen3", "gemma3", "phi3"})
+# Architectures whose graphs carry llama-kvd's layer hooks (capture, re-injection, kvdirect): llama-kvd's own list.
+CAPTURE_ARCHITECTURES = frozenset(native.kvd_architectures())
+
+
+def _unsupported(what: str, arch: str) -> UnsupportedArchitectureError:
+    return UnsupportedArchitectureError(f"{what} is not available for {arch!r}: {native.kvd_unsupported_reason(arch)} "
+                                        f"(supported: {', '.join(sorted(CAPTURE_ARCHITECTURES))})")
 
 _MAX_INT32 = 2**31 - 1
 # ggml's CPU backend runs at most GGML_MAX_N_THREADS (512) threads; beyond that OpenMP fails or the
@@ -178,10 +184,8 @@ class Session:
         if self._policy.needs_exact_attention and self.profile.flash_attn != FLASH_ATTN_OFF:
             raise PolicyError(f"policy {self._policy.name!r} works on llama.cpp's attention with flash attention "
                               "off: use the exact profile")
-        if self.checkpoint is not None and info.architecture not in CAPTURE_ARCHITECTURES:
-            raise UnsupportedArchitectureError(
-                f"kvdirect recomputes evicted tokens through the layer hook of patches/0004, which "
-                f"{info.architecture!r} lacks (supported: {', '.join(sorted(CAPTURE_ARCHITECTURES))})")
+        if self._policy.needs_layer_hooks and info.architecture not in CAPTURE_ARCHITECTURES:
+            raise _unsupported(f"policy {self._policy.name!r} (recomputing evicted tokens)", info.architecture)
         self.model = model
         # The session's own view of the weights, usable even after model.close().
         self._model = model._share()
@@ -223,7 +227,7 @@ class Session:
     @property
     def checkpoint(self) -> str | None:
         """kvdirect's checkpoint kind ("tokens" or "residuals"); None for other policies."""
-        return getattr(self._policy, "checkpoint", None)
+        return self._policy.checkpoint
 
     # -- lifetime ----------------------------------------------------------
 
@@ -339,14 +343,14 @@ class Session:
         for i in range(0, len(ids), n_batch):
             chunk = ids[i:i + n_batch]
             last = i + n_batch >= len(ids)
-            self._decode(chunk, outputs=2 if every_output else (1 if last else 0))
+            self._decode(chunk, Outputs.ALL if every_output else (Outputs.LAST if last else Outputs.NONE))
         self._pending = []
         elapsed = time.perf_counter() - start
         self._counters.n_prefill_tokens += len(ids)
         self._counters.prefill_s += elapsed
         return elapsed
 
-    def _decode(self, chunk, outputs: int) -> None:
+    def _decode(self, chunk, outputs: Outputs) -> None:
         """Decode tokens after the last position, evicting first if the policy's budget needs it."""
         ctx, pos = self._ctx, len(self._tokens)
         self._policy.make_room(ctx, len(chunk))
@@ -386,14 +390,13 @@ class Session:
         ctx = self._context()
         info = self.model.info
         if info.architecture not in CAPTURE_ARCHITECTURES:
-            raise UnsupportedArchitectureError(
-                f"residual capture is not available for {info.architecture!r} "
-                f"(supported: {', '.join(sorted(CAPTURE_ARCHITECTURES))})")
+            raise _unsupported("residual capture", info.architecture)
         wanted = sorted({_checked_index(layer, "layer", info.n_layer) for layer in layers})
         if not wanted:
             raise ArgumentError("no layers to capture")
-        if self.checkpoint is not None:
-            raise PolicyError("kvdirect decodes outside llama.cpp's capture; it keeps its own checkpoint")
+        if not self._policy.allows_capture:
+            raise PolicyError(f"policy {self._policy.name!r} decodes outside llama.cpp's capture; "
+                              "it keeps its own checkpoint")
         with self._serving():
             if self._capture is not None:
                 raise SessionBusyError("a capture is already active on this session")
@@ -511,8 +514,7 @@ class Session:
 
     def _check_reinjection(self) -> None:
         if self.model.info.architecture not in CAPTURE_ARCHITECTURES:
-            raise UnsupportedArchitectureError(
-                f"K/V re-injection is not available for {self.model.info.architecture!r}")
+            raise _unsupported("K/V re-injection", self.model.info.architecture)
 
     # -- generation --------------------------------------------------------
 
@@ -588,7 +590,7 @@ class Session:
                 if len(self._tokens) >= self._max_positions():
                     run.finish_reason = FINISH_CONTEXT
                     break
-                self._decode([token], outputs=1)
+                self._decode([token], Outputs.LAST)
                 self._pending = []
                 self._counters.n_decode_steps += 1
             tail = utf8.decode(b"", final=True)

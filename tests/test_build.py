@@ -71,3 +71,47 @@ def test_the_installed_library_exports_the_patch_api():
     lib.llama_kvd_arch_known.argtypes = [ctypes.c_char_p]
     assert lib.llama_kvd_arch_known(b"gemma3") and not lib.llama_kvd_arch_known(b"notarealarch")
     assert (paths.include_dir() / "llama-kvd.h").exists()
+
+
+def test_the_installed_library_exports_the_architecture_list():
+    lib = ctypes.CDLL(str(paths.lib_dir() / "libllama.so"))
+    lib.llama_kvd_architectures.restype = ctypes.POINTER(ctypes.c_char_p)
+    lib.llama_kvd_arch_unsupported_reason.restype = ctypes.c_char_p
+    lib.llama_kvd_arch_unsupported_reason.argtypes = [ctypes.c_char_p]
+    names = lib.llama_kvd_architectures()
+    listed = []
+    while names[len(listed)] is not None:
+        listed.append(names[len(listed)].decode())
+    assert {"llama", "gemma3", "gpt-oss"} <= set(listed)
+    assert all(lib.llama_kvd_arch_unsupported_reason(name.encode()) is None for name in listed)
+    assert b"recurrent" in lib.llama_kvd_arch_unsupported_reason(b"mamba")
+
+
+def _patch_lines(path: Path) -> list[str]:
+    return [line for line in path.read_text().splitlines() if line.startswith(("+", "-"))
+            and not line.startswith(("+++", "---"))]
+
+
+def test_the_patches_keep_no_global_state():
+    """Per-call state travels in graph params and arguments, not in thread-locals or globals."""
+    added = [line for patch in sorted((REPO / "patches").glob("*.patch")) for line in _patch_lines(patch)
+             if line.startswith("+")]
+    assert not [line for line in added if "thread_local" in line]
+    assert not [line for line in added if line.startswith("+static") and "(" not in line and "const" not in line]
+
+
+def test_each_architecture_file_changes_by_two_lines_at_most():
+    """build_layer_inp at the top of each layer and keep_attn_rows after attention, nothing else."""
+    per_file: dict[str, list[str]] = {}
+    for patch in sorted((REPO / "patches").glob("*.patch")):
+        current = None
+        for line in patch.read_text().splitlines():
+            if line.startswith("diff --git"):
+                current = line.split()[-1][2:]
+            elif current and current.startswith("src/models/") and line.startswith("+") and not line.startswith("+++"):
+                per_file.setdefault(current, []).append(line[1:].strip())
+    assert len(per_file) >= 13
+    for path, lines in per_file.items():
+        assert len(lines) == 2, path
+        assert lines[0] == "inpL = build_layer_inp(il, inpL);", path
+        assert lines[1].endswith("keep_attn_rows(" + lines[1].split(" = ")[0] + ", cur);"), path

@@ -130,3 +130,44 @@ def test_cli_kvdirect_run_matches_the_full_cache():
         assert "in 24 cells" in bounded.stderr and "checkpoint" in bounded.stderr
     wrong = cli("--kv-budget", "24", "--policy", "streaming", "--checkpoint", "tokens")
     assert wrong.returncode == 2 and wrong.stderr.startswith("pykvd: error:")
+
+
+def _flagged_decode(model, outputs):
+    """Three new tokens decoded with ephemeral rows on a bounded session; logits as the native call returns them."""
+    with model.session(kv_budget=12, policy="kvdirect", checkpoint="tokens", n_threads=1) as bounded:
+        bounded.feed(LONG_PROMPT)
+        ctx, pos = bounded._ctx, len(bounded.tokens)
+        bounded._policy.make_room(ctx, 3)
+        eph = bounded._policy.evicted(pos)
+        ids = np.asarray(bounded.tokens, dtype=np.int32)[eph]
+        logits, _ = ctx.decode_ephemeral(np.array([40, 41, 42], np.int32), pos, ids, eph, outputs=outputs)
+        return logits.copy()
+
+
+def test_logits_for_flagged_rows_only_equal_those_of_every_row(tiny_llama):
+    """llama_kvd_ephemeral_params.logits: the rows asked for, bit for bit those of a decode of every row."""
+    every = _flagged_decode(tiny_llama, None)
+    flagged = _flagged_decode(tiny_llama, np.array([1, 0, 1], np.int8))
+    assert every.shape == (3, tiny_llama.info.n_vocab) and flagged.shape == (2, tiny_llama.info.n_vocab)
+    assert np.array_equal(flagged, every[[0, 2]])
+    last = _flagged_decode(tiny_llama, np.array([0, 0, 1], np.int8))
+    assert np.array_equal(last, every[[2]])
+    with pytest.raises(ValueError):
+        _flagged_decode(tiny_llama, np.zeros(3, np.int8))
+
+
+@pytest.mark.parametrize("checkpoint", ["tokens", "residuals"])
+def test_the_policy_asks_logits_only_where_the_session_wants_them(tiny_llama, checkpoint):
+    """A prompt chunk runs the output head for its last row only; the session's logits stay exact."""
+    from pykvd.outputs import Outputs
+
+    with tiny_llama.session(kv_budget=12, policy="kvdirect", checkpoint=checkpoint, n_threads=1) as bounded, \
+            tiny_llama.session(n_threads=1) as full:
+        bounded.feed(LONG_PROMPT)
+        full.feed(LONG_PROMPT)
+        ctx, policy, pos = bounded._ctx, bounded._policy, len(bounded.tokens)
+        policy.make_room(ctx, 3)
+        logits = policy.decode(ctx, np.array([40, 41, 42], np.int32), pos, Outputs.LAST)
+        assert logits.shape == (1, tiny_llama.info.n_vocab)
+        full.feed([40, 41, 42])
+        assert np.array_equal(logits[0], full.logits())

@@ -9,6 +9,9 @@ give bit-identical logits however the prompt is split into batches.
 from __future__ import annotations
 
 import string
+import subprocess
+import sys
+from pathlib import Path
 
 import gguf
 import numpy as np
@@ -16,7 +19,9 @@ import pytest
 import synthetic  # models/synthetic.py, put on sys.path by conftest.py
 
 import pykvd
+from pykvd._llama import native
 from pykvd.gguf_file import read_header
+from pykvd.session import CAPTURE_ARCHITECTURES
 
 ARCHITECTURES = synthetic.ARCHITECTURES
 
@@ -62,8 +67,48 @@ def _greedy(model: pykvd.Model, prompt, *, n_batch: int = 512, max_tokens: int =
 # -- what llama.cpp loaded ---------------------------------------------------
 
 
+# The families issue 12 asks for, beyond the first five.
+REQUIRED = {"llama", "qwen2", "qwen3", "gemma3", "phi3", "gemma2", "qwen3moe", "granite", "olmo2", "smollm3",
+            "mistral3", "gpt-oss", "glm4"}
+RECURRENT = ["mamba", "mamba2", "rwkv6", "rwkv7", "lfm2", "qwen35", "qwen3next", "granitehybrid", "jamba",
+             "nemotron_h", "falcon-h1"]
+GENERATOR = Path(synthetic.__file__)
+
+
 def test_every_architecture_is_covered():
-    assert set(ARCHITECTURES) == {"llama", "qwen2", "qwen3", "gemma3", "phi3"}
+    """One list, exported by llama-kvd: the generator and the session read the same one."""
+    assert set(ARCHITECTURES) == set(native.kvd_architectures()) == set(CAPTURE_ARCHITECTURES)
+    assert REQUIRED <= set(ARCHITECTURES)
+    assert set(ARCHITECTURES) <= set(synthetic.ARCH_SPECS)
+    assert all(native.arch_known(arch) and native.kvd_unsupported_reason(arch) is None for arch in ARCHITECTURES)
+
+
+@pytest.mark.parametrize("arch", RECURRENT)
+def test_recurrent_families_are_refused_with_a_reason(arch):
+    assert native.arch_known(arch) and arch not in CAPTURE_ARCHITECTURES
+    assert "recurrent state" in native.kvd_unsupported_reason(arch)
+
+
+def test_latent_attention_and_other_families_are_refused_with_a_reason():
+    assert "latent attention" in native.kvd_unsupported_reason("deepseek2")
+    assert "no llama-kvd layer hooks" in native.kvd_unsupported_reason("starcoder2")
+    assert "does not know" in native.kvd_unsupported_reason("notarealarch")
+
+
+def test_the_command_line_writes_one_architecture(tmp_path):
+    out = tmp_path / "tiny.gguf"
+    done = subprocess.run([sys.executable, str(GENERATOR), "gpt-oss", str(out), "--seed", "3"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert gguf.GGUFReader(out).fields["general.architecture"].contents() == "gpt-oss"
+    assert out.read_bytes() == synthetic.write_tiny_gguf("gpt-oss", tmp_path / "again.gguf", seed=3).read_bytes()
+
+
+def test_pykvd_verify_passes_on_the_file(tiny_arch, tiny_path):
+    """Recoverability, cacheless decoding and restore, through the command line."""
+    done = subprocess.run([sys.executable, "-m", "pykvd", "verify", str(tiny_path), "--cacheless-steps", "16",
+                           "--restore-steps", "8"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_info_matches_what_the_generator_wrote(tiny_model, tiny_arch, tiny_path):
@@ -113,15 +158,15 @@ def test_pykvd_header_reader_agrees_with_the_gguf_package(tiny_path):
 
 def test_sliding_window_layers(tiny_model, tiny_arch):
     info = tiny_model.info
+    spec = synthetic.ARCH_SPECS[tiny_arch]
+    expected = spec.swa_layers(info.n_layer)
+    assert info.swa_layers == expected
+    assert [layer.is_swa for layer in info.layers] == [i in expected for i in range(info.n_layer)]
+    assert info.n_swa == (spec.sliding_window if expected else 0)
     if tiny_arch == "gemma3":
-        pattern = synthetic.GEMMA3_SWA_PATTERN
-        expected = tuple(i for i in range(info.n_layer) if i % pattern != pattern - 1)
-        assert info.swa_layers == expected == (0, 1, 2, 3, 4)
-        assert [layer.is_swa for layer in info.layers] == [True] * 5 + [False]
-        assert info.n_swa == synthetic.GEMMA3_SLIDING_WINDOW
-    else:
-        assert info.swa_layers == ()
-        assert info.n_swa == 0
+        assert expected == (0, 1, 2, 3, 4)
+    if tiny_arch in ("gemma2", "gpt-oss"):
+        assert expected == (0, 2)
 
 
 # -- tokenizer and chat template --------------------------------------------

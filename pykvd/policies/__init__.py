@@ -35,17 +35,19 @@ def make_policy(name: str, budget: int | None, *, n_sink: int = 4, checkpoint: s
         raise BudgetError(f"a policy's budget must be a positive number of tokens, not {budget!r}")
     if not isinstance(name, str) or name not in POLICIES:
         raise PolicyError(f"unknown policy {name!r} (choose from {', '.join(POLICIES)})")
-    if name == "full" and budget is not None:
-        raise PolicyError("the full cache keeps every token: it takes no kv_budget")
-    if name != "full" and budget is None:
+    cls = POLICIES[name]
+    if not cls.takes_budget and budget is not None:
+        raise PolicyError(f"policy {name!r} keeps every token: it takes no kv_budget")
+    if cls.takes_budget and budget is None:
         raise PolicyError(f"policy {name!r} needs a kv_budget")
-    if name == "kvdirect":
-        policy = KVDirect(budget, n_sink=n_sink, checkpoint="tokens" if checkpoint is None else checkpoint,
-                          n_layer=n_layer, n_embd=n_embd)
+    if cls.checkpoints:
+        policy = cls(budget, n_sink=n_sink, checkpoint=cls.checkpoints[0] if checkpoint is None else checkpoint,
+                     n_layer=n_layer, n_embd=n_embd)
     elif checkpoint is not None:
-        raise PolicyError(f"a checkpoint kind applies to the kvdirect policy only, not {name!r}")
+        keepers = [n for n, c in POLICIES.items() if c.checkpoints]
+        raise PolicyError(f"policy {name!r} keeps no checkpoint (checkpoint kinds apply to {', '.join(keepers)})")
     else:
-        policy = POLICIES[name](budget, n_sink=n_sink)
+        policy = cls(budget, n_sink=n_sink)
     policy.check_budget()
     return policy
 

@@ -8,6 +8,7 @@ import bisect
 import numpy as np
 
 from ..errors import BudgetError
+from ..outputs import Outputs
 
 
 class CachePolicy:
@@ -23,6 +24,11 @@ class CachePolicy:
     needs_attention = False  # True: victims depend on llama.cpp's attention weights
     attention_window = 0  # final query rows of a decode whose attention is summed apart (0: none recorded)
     needs_exact_attention = False  # True: only correct with flash attention off (the exact profile)
+    takes_budget = True  # False: the policy keeps every token and refuses a kv_budget
+    checkpoints: tuple[str, ...] = ()  # checkpoint kinds it keeps to recompute evicted tokens (first: default)
+    needs_layer_hooks = False  # True: it runs llama-kvd's per-layer hooks, which only some architectures have
+    allows_capture = True  # False: it decodes outside llama.cpp's capture of residuals
+    checkpoint: str | None = None  # the checkpoint kind in use, for policies that keep one
 
     def __init__(self, budget: int | None, *, n_sink: int = 4):
         self.budget = budget
@@ -88,10 +94,10 @@ class CachePolicy:
         """The sequence was cut back to its first n positions."""
         self.hot = self.hot[:bisect.bisect_left(self.hot, n)]
 
-    def decode(self, ctx, tokens: np.ndarray, pos: int, outputs: int) -> np.ndarray | None:
+    def decode(self, ctx, tokens: np.ndarray, pos: int, outputs: Outputs) -> np.ndarray | None:
         """Decode tokens at pos once make_room has run. Returns their logits when the policy computes
         them itself; None when llama.cpp holds them in the context, as after any decode."""
-        ctx.decode(tokens, pos, outputs=outputs)
+        ctx.decode(tokens, pos, outputs=int(outputs))
         return None
 
     def checkpoint_bytes(self) -> int:

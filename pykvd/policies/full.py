@@ -8,6 +8,7 @@ from .base import CachePolicy
 class FullCache(CachePolicy):
     name = "full"
     lossless = True
+    takes_budget = False
 
     def victims(self, n: int) -> list[int]:
         raise AssertionError("the full cache never evicts")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import PolicyError
+from ..outputs import Outputs
 from .streaming import StreamingSinks
 
 CHECKPOINTS = ("tokens", "residuals")
@@ -57,6 +58,9 @@ class KVDirect(StreamingSinks):
     name = "kvdirect"
     lossless = True
     needs_exact_attention = True
+    checkpoints = CHECKPOINTS
+    needs_layer_hooks = True
+    allows_capture = False
 
     def __init__(self, budget: int | None, *, n_sink: int = 4, checkpoint: str = "tokens",
                  n_layer: int = 0, n_embd: int = 0):
@@ -79,14 +83,16 @@ class KVDirect(StreamingSinks):
         cold[[p for p in self.hot if p < pos]] = False
         return np.flatnonzero(cold).astype(np.int32)
 
-    def decode(self, ctx, tokens: np.ndarray, pos: int, outputs: int) -> np.ndarray:
+    def decode(self, ctx, tokens: np.ndarray, pos: int, outputs: Outputs) -> np.ndarray:
         eph = self.evicted(pos)
+        flags = outputs.flags(len(tokens))  # the output head only where logits are asked for
         if self.checkpoint == "tokens":
             self._store.put(pos, tokens)
-            logits, _ = ctx.decode_ephemeral(tokens, pos, self._store.take(eph), eph)
+            logits, _ = ctx.decode_ephemeral(tokens, pos, self._store.take(eph), eph, outputs=flags)
         else:
             eph_h = self._store.take(eph) if len(eph) else np.zeros((self._layers[0], 0, self._layers[1]), np.float32)
-            logits, h = ctx.decode_ephemeral(tokens, pos, np.zeros(len(eph), np.int32), eph, eph_h, capture=True)
+            logits, h = ctx.decode_ephemeral(tokens, pos, np.zeros(len(eph), np.int32), eph, eph_h, capture=True,
+                                             outputs=flags)
             self._store.put(pos, h)
         return logits
 
