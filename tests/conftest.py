@@ -7,6 +7,7 @@ temporary directory, one random-weight GGUF per architecture.
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -17,8 +18,7 @@ from pykvd import models
 
 REPO = Path(__file__).resolve().parent.parent
 
-# Only the generator's own folder goes on sys.path: the repo root would shadow
-# the installed pykvd (which holds the compiled _native module) with the sources.
+# The generators of test models (models/synthetic.py, models/mutants.py) are scripts, not a package.
 sys.path.insert(0, str(REPO / "models"))
 import synthetic  # noqa: E402
 
@@ -96,3 +96,18 @@ def tiny_llama(tiny_models) -> pykvd.Model:
 @pytest.fixture
 def tiny_llama_path(tiny_dir) -> Path:
     return tiny_dir / "tiny-llama.gguf"
+
+
+def run_pykvd(*args: str | bytes, stdin: str | bytes | None = None, timeout: float = 300,
+              text: bool = True) -> subprocess.CompletedProcess:
+    """The command line as a user runs it: `python -m pykvd ARGS` in a subprocess (text=False: raw bytes)."""
+    if not text and stdin is None:
+        stdin = b""
+    return subprocess.run([sys.executable, "-m", "pykvd", *args], input=stdin, capture_output=True, text=text,
+                          timeout=timeout)
+
+
+@pytest.fixture
+def pykvd_cli():
+    """run_pykvd, for tests that take the command line as a fixture."""
+    return run_pykvd

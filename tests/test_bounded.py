@@ -154,7 +154,7 @@ def test_cli_bounded_run_and_bad_budgets():
     import sys
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "pykvd", *args], capture_output=True, text=True, cwd="/",
+        return subprocess.run([sys.executable, "-m", "pykvd", *args], capture_output=True, text=True,
                               timeout=300)
 
     ok = cli("run", "smollm2", "-p", PROMPT, "-n", "40", "--ignore-eos", "--kv-budget", "32", "--policy", "window",
@@ -237,7 +237,7 @@ def test_cli_chat_prints_memory_every_turn():
 
     result = subprocess.run([sys.executable, "-m", "pykvd", "chat", "smollm2", "--kv-budget", "48", "-n", "24"],
                             input="Name three colours.\nName three animals.\nAnd three cities?\n",
-                            capture_output=True, text=True, cwd="/", timeout=300)
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     turns = [line for line in result.stderr.splitlines() if "cells |" in line]
     assert [line.split(":")[1].strip() for line in turns] == ["turn 1", "turn 2", "turn 3"]

@@ -23,15 +23,6 @@ PROMPT = "The three primary colors are"
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
-def pykvd_cli(*args: str, stdin: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pykvd", *args], input=stdin, capture_output=True, text=True,
-                          timeout=timeout, cwd="/")
-
-
-def pykvd_cli_bytes(*args: str | bytes, stdin: bytes = b"", timeout: float = 300) -> subprocess.CompletedProcess:
-    """pykvd with raw bytes in its arguments and on stdin (text that need not be UTF-8)."""
-    return subprocess.run([sys.executable, "-m", "pykvd", *args], input=stdin, capture_output=True,
-                          timeout=timeout, cwd="/")
 
 
 def assert_one_line_error(result, case="") -> None:
@@ -74,7 +65,7 @@ def unknown_arch_gguf(tmp_path_factory):
     return write_gguf(tmp_path_factory.mktemp("cli") / "alien.gguf", "notarealarch")
 
 
-def test_run_prints_only_the_generated_text(smollm2_model):
+def test_run_prints_only_the_generated_text(smollm2_model, pykvd_cli):
     # SmolLM2 carries a chat template: run sends the prompt as a user message, --raw as it is.
     chat = pykvd_cli("run", "-p", PROMPT, "-n", "12")
     raw = pykvd_cli("run", "--raw", "-p", PROMPT, "-n", "12")
@@ -93,7 +84,7 @@ def test_the_readme_first_command_prints_an_answer():
     argv = shlex.split(block)
     assert argv[:2] == ["pykvd", "run"]
     program = shutil.which("pykvd") or str(Path(sys.executable).with_name("pykvd"))
-    result = subprocess.run([program, *argv[1:]], capture_output=True, text=True, timeout=300, cwd="/")
+    result = subprocess.run([program, *argv[1:]], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     words = re.findall(r"[A-Za-z]+", result.stdout)
     assert len(words) >= 20, result.stdout
@@ -101,7 +92,7 @@ def test_the_readme_first_command_prints_an_answer():
     assert not result.stdout.lstrip().startswith(("Explain", "<|"))  # an answer, not an echo or template text
 
 
-def test_run_stats_go_to_stderr_and_leave_stdout_alone(smollm2_model):
+def test_run_stats_go_to_stderr_and_leave_stdout_alone(smollm2_model, pykvd_cli):
     plain = pykvd_cli("run", "smollm2", "-p", PROMPT, "-n", "8")
     with_stats = pykvd_cli("run", "smollm2", "-p", PROMPT, "-n", "8", "--stats")
     assert with_stats.returncode == 0, with_stats.stderr
@@ -109,7 +100,7 @@ def test_run_stats_go_to_stderr_and_leave_stdout_alone(smollm2_model):
     assert "tok/s" in with_stats.stderr and "KV buffer" in with_stats.stderr and "RSS" in with_stats.stderr
 
 
-def test_run_accepts_a_gguf_path_and_a_seeded_sampler():
+def test_run_accepts_a_gguf_path_and_a_seeded_sampler(pykvd_cli):
     path = str(models.fetch("smollm2"))
     args = ["run", path, "-p", PROMPT, "-n", "10", "--temp", "0.9", "--top-k", "20", "--seed", "7"]
     first, second = pykvd_cli(*args), pykvd_cli(*args)
@@ -117,14 +108,14 @@ def test_run_accepts_a_gguf_path_and_a_seeded_sampler():
     assert first.stdout == second.stdout and first.stdout.strip()
 
 
-def test_run_reads_the_prompt_from_stdin(smollm2_model):
+def test_run_reads_the_prompt_from_stdin(smollm2_model, pykvd_cli):
     from_arg = pykvd_cli("run", "-p", PROMPT, "-n", "6")
     from_stdin = pykvd_cli("run", "-p", "-", "-n", "6", stdin=PROMPT)
     assert from_stdin.returncode == 0, from_stdin.stderr
     assert from_stdin.stdout == from_arg.stdout
 
 
-def test_run_gemma3_by_name():
+def test_run_gemma3_by_name(pykvd_cli):
     # The Gemma 3 270M GGUF is a base model with no chat template: plain text is the default.
     result = pykvd_cli("run", "gemma3", "-p", "The sky is", "-n", "6")
     raw = pykvd_cli("run", "gemma3", "--raw", "-p", "The sky is", "-n", "6")
@@ -135,7 +126,7 @@ def test_run_gemma3_by_name():
     assert "no chat template" in refused.stderr
 
 
-def test_chat_keeps_the_conversation(smollm2_model):
+def test_chat_keeps_the_conversation(smollm2_model, pykvd_cli):
     turns = ["What is the capital of France?", "And of Italy?"]
     result = pykvd_cli("chat", "-n", "24", stdin="\n".join(turns) + "\n")
     assert result.returncode == 0, result.stderr
@@ -144,7 +135,7 @@ def test_chat_keeps_the_conversation(smollm2_model):
     assert result.stdout == "".join(reply + "\n" for reply in expected)
 
 
-def test_chat_stats_show_memory_per_turn():
+def test_chat_stats_show_memory_per_turn(pykvd_cli):
     result = pykvd_cli("chat", "-n", "8", "--stats", stdin="Hi\nHello again\n")
     assert result.returncode == 0, result.stderr
     assert "turn 1" in result.stderr and "turn 2" in result.stderr and "KV buffer" in result.stderr
@@ -156,7 +147,7 @@ def test_chat_stats_show_memory_per_turn():
     ("gemma3", {"architecture": "gemma3", "full F16 KV, all layers": 18432, "one F32 residual": 2560,
                 "F32 residuals at every layer": 46080, "token id": 4}),
 ])
-def test_info_state_table(name, expected):
+def test_info_state_table(name, expected, pykvd_cli):
     result = pykvd_cli("info", name, "--json", "--measure-ctx", "2048")
     assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout)
@@ -169,7 +160,7 @@ def test_info_state_table(name, expected):
         assert measured["bytes_swa_window_only"] < measured["bytes"]
 
 
-def test_info_prints_a_table():
+def test_info_prints_a_table(pykvd_cli):
     result = pykvd_cli("info", "smollm2", "--measure-ctx", "128")
     assert result.returncode == 0, result.stderr
     for row in ("full F16 KV, all layers", "one F32 residual", "F32 residuals at every layer", "token id"):
@@ -177,7 +168,7 @@ def test_info_prints_a_table():
     assert "23040" in result.stdout
 
 
-def test_models_list_and_fetch():
+def test_models_list_and_fetch(pykvd_cli):
     listed = pykvd_cli("models", "list")
     assert listed.returncode == 0
     assert "smollm2" in listed.stdout and "gemma3" in listed.stdout
@@ -186,7 +177,7 @@ def test_models_list_and_fetch():
     assert fetched.stdout.strip() == str(models.fetch("smollm2"))
 
 
-def test_paths_point_at_installed_files():
+def test_paths_point_at_installed_files(pykvd_cli):
     for what in ("lib", "include", "reference"):
         result = pykvd_cli("paths", what)
         assert result.returncode == 0
@@ -220,12 +211,12 @@ def bad_input_cases(not_a_gguf, truncated_gguf, unknown_arch_gguf):
     }
 
 
-def test_bad_input_is_a_one_line_error_with_exit_code_2(not_a_gguf, truncated_gguf, unknown_arch_gguf):
+def test_bad_input_is_a_one_line_error_with_exit_code_2(not_a_gguf, truncated_gguf, unknown_arch_gguf, pykvd_cli):
     for case, args in bad_input_cases(not_a_gguf, truncated_gguf, unknown_arch_gguf).items():
         assert_one_line_error(pykvd_cli(*args), case)
 
 
-def test_unparsable_option_exits_2():
+def test_unparsable_option_exits_2(pykvd_cli):
     result = pykvd_cli("run", "-p", "hi", "--temp", "warm")
     assert_one_line_error(result)
     assert "invalid float value" in result.stderr
@@ -234,34 +225,34 @@ def test_unparsable_option_exits_2():
 @pytest.mark.parametrize("args", [[], ["run"], ["run", "-p", "hi", "--no-such-option"], ["run", "-p", "a", "-f", "b"],
                                   ["run", "--raw", "--chat", "-p", "hi"], ["plan", "smollm2"], ["models", "fetch", "x"],
                                   ["run", "-p", "hi", "-n", "many"], ["nonsense"]], ids=" ".join)
-def test_command_line_mistakes_are_one_line_errors(args):
+def test_command_line_mistakes_are_one_line_errors(args, pykvd_cli):
     assert_one_line_error(pykvd_cli(*args), args)
 
 
-def test_help_still_prints_usage():
+def test_help_still_prints_usage(pykvd_cli):
     for args in (["--help"], ["run", "--help"], ["plan", "-h"]):
         result = pykvd_cli(*args)
         assert result.returncode == 0 and result.stdout.startswith("usage: pykvd"), args
 
 
-def test_text_that_is_not_utf8_is_one_error_line_or_replaced(tmp_path):
+def test_text_that_is_not_utf8_is_one_error_line_or_replaced(tmp_path, pykvd_cli):
     for args in (["run", "--chat", "-p", b"\xff\xfe"], ["run", "--raw", "-p", b"caf\xe9"],
                  ["chat", "--system", b"\xff", "-n", "2"]):
-        assert_one_line_error(pykvd_cli_bytes(*args, stdin=b"hi\n"), args)
+        assert_one_line_error(pykvd_cli(*args, stdin=b"hi\n", text=False), args)
     bad_file = tmp_path / "prompt.txt"
     bad_file.write_bytes(b"caf\xe9\n")
-    refused = pykvd_cli_bytes("run", "-f", str(bad_file))
+    refused = pykvd_cli("run", "-f", str(bad_file), text=False)
     assert_one_line_error(refused)
     assert b"not UTF-8" in refused.stderr
     # stdin is decoded with invalid bytes replaced, as a terminal would show them: the chat goes on.
-    chat = pykvd_cli_bytes("chat", "-n", "4", stdin=b"caf\xe9 \xff\xfe?\nHello\n")
+    chat = pykvd_cli("chat", "-n", "4", stdin=b"caf\xe9 \xff\xfe?\nHello\n", text=False)
     assert chat.returncode == 0, chat.stderr
     assert len(chat.stdout.decode("utf-8").splitlines()) >= 2 and b"Traceback" not in chat.stderr
-    piped = pykvd_cli_bytes("run", "-p", "-", "-n", "4", stdin=b"\xff\xfe hello")
+    piped = pykvd_cli("run", "-p", "-", "-n", "4", stdin=b"\xff\xfe hello", text=False)
     assert piped.returncode == 0, piped.stderr
 
 
-def test_special_files_as_the_model_say_what_they_are(tmp_path):
+def test_special_files_as_the_model_say_what_they_are(tmp_path, pykvd_cli):
     fifo = tmp_path / "model.gguf"
     os.mkfifo(fifo)
     for path, kind in ((fifo, "FIFO"), ("/dev/null", "character device"), (tmp_path, "directory")):
@@ -270,7 +261,7 @@ def test_special_files_as_the_model_say_what_they_are(tmp_path):
         assert kind in result.stderr and "does not exist" not in result.stderr, result.stderr
 
 
-def test_verify_checks_its_output_path_before_verifying(tmp_path):
+def test_verify_checks_its_output_path_before_verifying(tmp_path, pykvd_cli):
     for target in ("/tmp", str(tmp_path / "no" / "such" / "dir" / "out.json")):
         start = time.monotonic()
         result = pykvd_cli("verify", "smollm2", "--json", target)
@@ -279,7 +270,7 @@ def test_verify_checks_its_output_path_before_verifying(tmp_path):
     assert not (tmp_path / "no").exists()
 
 
-def test_chat_needs_a_template_for_a_gguf_without_one():
+def test_chat_needs_a_template_for_a_gguf_without_one(pykvd_cli):
     refused = pykvd_cli("chat", "gemma3", "-n", "4", stdin="Hello\n")
     assert refused.returncode == 2
     assert "no chat template" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1

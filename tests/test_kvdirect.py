@@ -118,7 +118,7 @@ def test_cli_kvdirect_run_matches_the_full_cache():
 
     def cli(*args):
         return subprocess.run([sys.executable, "-m", "pykvd", "run", "smollm2", "-p", LONG_PROMPT, "-n", "12",
-                               "--ignore-eos", "--temp", "0", *args], capture_output=True, text=True, cwd="/",
+                               "--ignore-eos", "--temp", "0", *args], capture_output=True, text=True,
                               timeout=300)
 
     full = cli()

@@ -35,7 +35,7 @@ def test_layer_weights_come_from_the_gguf(smollm2, gemma3):
 def test_cli(tmp_path):
     def cli(*args):
         return subprocess.run([sys.executable, "-m", "pykvd", "plan", *args], capture_output=True, text=True,
-                              cwd="/", timeout=300)
+                              timeout=300)
 
     result = cli("smollm2", "--context", "2048", "--kv-budget", "256", "--json")
     assert result.returncode == 0, result.stderr

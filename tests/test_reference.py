@@ -198,7 +198,7 @@ def test_cli_run_matches_llama_cpp(reference, name, mode):
         ref = run_reference(reference, path, text, n_predict=n_predict, n_ctx=N_CTX, n_batch=512)
         expected = b"".join(model.token_to_bytes(t) for t in ref["tokens"]).decode("utf-8", errors="replace")
     cli = subprocess.run([sys.executable, "-m", "pykvd", *args], capture_output=True, text=True,
-                         timeout=REFERENCE_TIMEOUT_S, cwd="/")
+                         timeout=REFERENCE_TIMEOUT_S)
     assert cli.returncode == 0, cli.stderr
     assert len(ref["tokens"]) == n_predict
     assert cli.stdout == expected + "\n"

@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 from pykvd.verify import LayerCheck, StepsCheck, VerifyReport, format_report
 
 
-def pykvd_cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pykvd", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd="/")
 
-
-def test_verify_both_real_models_by_default(tmp_path):
+def test_verify_both_real_models_by_default(tmp_path, pykvd_cli):
     out = tmp_path / "verify.json"
-    result = pykvd_cli("verify", "--json", str(out))
+    result = pykvd_cli("verify", "--json", str(out), timeout=900)
     assert result.returncode == 0, result.stdout + result.stderr
     text = result.stdout
     assert "recoverability, 30 global layers: max |dK|,|dV| = 0  OK" in text  # smollm2
@@ -43,7 +37,7 @@ def test_a_mismatch_is_reported_and_fails():
     assert text.endswith("m.gguf: MISMATCH")
 
 
-def test_verify_rejects_bad_arguments():
+def test_verify_rejects_bad_arguments(pykvd_cli):
     result = pykvd_cli("verify", "smollm2", "--restore-steps", "0")
     assert result.returncode == 2 and "pykvd: error:" in result.stderr
     result = pykvd_cli("verify", "/no/such/model.gguf")
