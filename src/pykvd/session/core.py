@@ -1,0 +1,392 @@
+"""The core of a session: a llama.cpp context, its token history, feeding tokens through the cache
+policy, statistics, and one call at a time."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Sequence, TypeVar
+
+import numpy as np
+
+from .._llama import native
+from ..budget import resolve_budget
+from ..errors import (
+    ArgumentError,
+    ContextOverflowError,
+    IndexOutOfRangeError,
+    PolicyError,
+    PromptError,
+    SessionBusyError,
+    SessionClosedError,
+    UnsupportedArchitectureError,
+)
+from ..memory import rss_bytes
+from ..model import LoadedModel, Message
+from ..outputs import Outputs
+from ..policies import checked_n_sink, make_policy
+from ..profile import FLASH_ATTN_OFF, RuntimeProfile
+from ..residuals import ResidualCapture
+from ..sampling import SamplingParams
+
+FINISH_STOP = "stop"  # the model produced an end-of-generation token
+FINISH_LENGTH = "length"  # max_tokens reached
+FINISH_CONTEXT = "context"  # the context is full
+
+# Architectures whose graphs carry llama-kvd's layer hooks (capture, re-injection, kvdirect): llama-kvd's own list.
+CAPTURE_ARCHITECTURES = frozenset(native.kvd_architectures())
+
+
+def _unsupported(what: str, arch: str) -> UnsupportedArchitectureError:
+    return UnsupportedArchitectureError(
+        f"{what} is not available for {arch!r}: {native.kvd_unsupported_reason(arch)} "
+        f"(supported: {', '.join(sorted(CAPTURE_ARCHITECTURES))})"
+    )
+
+
+_MAX_INT32 = 2**31 - 1
+# ggml's CPU backend runs at most GGML_MAX_N_THREADS (512) threads; beyond that OpenMP fails or the
+# process crashes.
+MAX_THREADS = 512
+
+
+_Self = TypeVar("_Self", bound="SessionCore")
+
+
+@dataclass
+class SessionStats:
+    """Counters and timings of a session (cumulative since it was created, across reset()),
+    and memory read now from llama.cpp's allocator and the OS."""
+
+    n_ctx: int
+    n_tokens: int  # tokens of the sequence so far
+    n_cached: int  # of those, the ones whose K/V are in cells now
+    n_prefill_tokens: int = 0
+    n_generated: int = 0
+    n_decode_steps: int = 0  # single-token decodes (the last sampled token is never decoded)
+    prefill_s: float = 0.0
+    decode_s: float = 0.0  # sampling plus single-token decodes
+    kv_bytes: int = 0
+    checkpoint_bytes: int = 0  # what the policy keeps outside the cells to recompute evicted tokens
+    compute_bytes: int = 0
+    model_bytes: int = 0
+    rss_bytes: int = 0
+
+    @property
+    def prefill_tokens_per_s(self) -> float:
+        return self.n_prefill_tokens / self.prefill_s if self.prefill_s else 0.0
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        return self.n_decode_steps / self.decode_s if self.decode_s else 0.0
+
+
+@dataclass
+class _Counters:
+    n_prefill_tokens: int = 0
+    n_generated: int = 0
+    n_decode_steps: int = 0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+
+
+def _one_call(method):
+    """Runs the method as the session's only call in progress (see Session._serving)."""
+
+    @functools.wraps(method)
+    def serving(self, *args, **kwargs):
+        with self._serving():
+            return method(self, *args, **kwargs)
+
+    return serving
+
+
+class SessionCore:
+    """A conversation state over one llama.cpp context.
+
+    The session owns a KV cache of ``n_ctx`` tokens. ``generate`` and ``stream``
+    continue the text in it; ``chat`` formats messages with the model's chat
+    template and keeps the conversation across turns, processing only the
+    tokens a turn adds. ``exact`` defaults to the model's profile.
+    ``swa_full`` (llama.cpp's default) gives sliding-window layers a full-size
+    cache; False keeps only their window plus one batch of cells.
+
+    ``kv_budget`` (tokens, or bytes such as "64MiB") bounds the K/V kept in cells;
+    ``policy`` chooses what happens to the tokens that no longer fit (see
+    pykvd.policies; default "streaming" with a budget, "full" without). The
+    context's KV buffer is allocated once, for the budget, and never grows.
+    ``checkpoint`` ("tokens", the default, or "residuals") is what the kvdirect
+    policy keeps to recompute evicted tokens exactly.
+
+    A session serves one call at a time. A call that would change it (feed, generate,
+    stream, chat, chat_stream, reset, evict, refill, forward_layers, capture) made while
+    another is in progress -- in another thread, or a stream()/chat_stream() not yet
+    exhausted or closed -- raises SessionBusyError and changes nothing; close() always
+    works. Use one session per thread, or finish (or close()) a stream before the next call.
+    """
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        *,
+        n_ctx: int | None = None,
+        n_batch: int = 512,
+        n_ubatch: int | None = None,
+        n_threads: int | None = None,
+        sampling: SamplingParams | None = None,
+        exact: bool | None = None,
+        swa_full: bool = True,
+        kv_budget: int | str | None = None,
+        policy: str | None = None,
+        n_sink: int = 4,
+        checkpoint: str | None = None,
+    ):
+        info = model.info
+        _check_sizes(n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_ubatch, n_threads=n_threads)
+        self._policy, self.kv_budget = self._make_policy(model, kv_budget, policy, n_sink, checkpoint)
+        if self.kv_budget is not None:
+            if n_ctx is not None:
+                raise ArgumentError("give either n_ctx or kv_budget: a bounded session's cells are its budget")
+            n_ctx, swa_full = self.kv_budget.tokens, True
+        n_ctx = min(4096, info.n_ctx_train) if n_ctx is None else n_ctx
+        n_ubatch = n_batch if n_ubatch is None else n_ubatch
+        n_threads = min(_usable_cpus(), MAX_THREADS) if n_threads is None else n_threads
+        if n_ubatch > n_batch:
+            raise ArgumentError("n_ubatch cannot exceed n_batch")
+        self.profile = model.profile if exact is None else RuntimeProfile.of(exact)
+        if self._policy.needs_exact_attention and self.profile.flash_attn != FLASH_ATTN_OFF:
+            raise PolicyError(
+                f"policy {self._policy.name!r} works on llama.cpp's attention with flash attention "
+                "off: use the exact profile"
+            )
+        if self._policy.needs_layer_hooks and info.architecture not in CAPTURE_ARCHITECTURES:
+            raise _unsupported(f"policy {self._policy.name!r} (recomputing evicted tokens)", info.architecture)
+        self.model = model
+        # The session's own view of the weights, usable even after model.close().
+        self._model = model._share()
+        self.sampling = sampling or SamplingParams()
+        self.messages: list[Message] = []
+        try:
+            self._ctx = native.Context(
+                self._model._handle(),
+                n_ctx=n_ctx,
+                n_batch=n_batch,
+                n_ubatch=n_ubatch,
+                n_threads=n_threads,
+                n_threads_batch=n_threads,
+                flash_attn=self.profile.flash_attn,
+                swa_full=swa_full,
+                bounded=self.kv_budget is not None,
+                attention_window=self._policy.attention_window,
+            )
+        except BaseException:
+            self._model.close()
+            raise
+        self._tokens: list[int] = []  # every processed token, at positions 0..n-1 (evicted ones included)
+        self._pending: list[int] = []  # sampled but not yet decoded
+        self._counters = _Counters()
+        self._busy = threading.Lock()  # held by the call in progress (a stream: until it ends)
+        self._capture: ResidualCapture | None = None
+        self._logits: np.ndarray | None = None  # last logits, when the policy computed them (kvdirect)
+
+    @staticmethod
+    def _make_policy(model: LoadedModel, kv_budget, policy, n_sink, checkpoint):
+        n_sink = checked_n_sink(n_sink)
+        name = policy if policy is not None else ("full" if kv_budget is None else "streaming")
+        budget = None if kv_budget is None else resolve_budget(kv_budget, model, min_tokens=n_sink + 1)
+        info = model.info
+        return make_policy(
+            name,
+            None if budget is None else budget.tokens,
+            n_sink=n_sink,
+            checkpoint=checkpoint,
+            n_layer=info.n_layer,
+            n_embd=info.n_embd,
+        ), budget
+
+    @property
+    def policy(self) -> str:
+        """The cache policy's name; fixed for the session's life."""
+        return self._policy.name
+
+    @property
+    def checkpoint(self) -> str | None:
+        """kvdirect's checkpoint kind ("tokens" or "residuals"); None for other policies."""
+        return self._policy.checkpoint
+
+    # -- lifetime ----------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._ctx.closed
+
+    def close(self) -> None:
+        self._ctx.close()
+        self._model.close()
+
+    def __enter__(self: _Self) -> _Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _acquire(self) -> None:
+        if not self._busy.acquire(blocking=False):
+            raise SessionBusyError(
+                "the session is busy with another call (in another thread, or a stream not "
+                "yet finished): finish or close() that stream, or use one session per thread"
+            )
+
+    @contextlib.contextmanager
+    def _serving(self):
+        self._acquire()
+        try:
+            yield
+        finally:
+            self._busy.release()
+
+    def _context(self):
+        if self._ctx.closed:
+            raise SessionClosedError("session is closed")
+        return self._ctx
+
+    # -- state -------------------------------------------------------------
+
+    @property
+    def n_ctx(self) -> int:
+        return self._context().n_ctx
+
+    @property
+    def tokens(self) -> list[int]:
+        """Every token of the session so far, including a last sampled one not yet decoded."""
+        self._context()
+        return self._tokens + self._pending
+
+    @_one_call
+    def reset(self) -> None:
+        """Forget all tokens and the conversation; the context stays allocated."""
+        self._context().memory_clear()
+        self._tokens, self._pending, self.messages = [], [], []
+        self._logits = None
+        self._policy.reset()
+
+    def logits(self) -> np.ndarray:
+        """Logits (float32, n_vocab) for the next token after the last processed one."""
+        ctx = self._context()
+        if not self._has_logits():
+            raise PromptError("no logits yet: feed a prompt first")
+        return self._logits.copy() if self._logits is not None else ctx.logits(-1)
+
+    def _has_logits(self) -> bool:
+        return bool(self._tokens) and (self._logits is not None or self._ctx.n_outputs > 0)
+
+    @property
+    def stats(self) -> SessionStats:
+        ctx = self._context()
+        mem = ctx.memory()
+        c = self._counters
+        return SessionStats(
+            n_ctx=ctx.n_ctx,
+            n_tokens=len(self._tokens),
+            n_cached=len(self._policy.hot),
+            n_prefill_tokens=c.n_prefill_tokens,
+            n_generated=c.n_generated,
+            n_decode_steps=c.n_decode_steps,
+            prefill_s=c.prefill_s,
+            decode_s=c.decode_s,
+            kv_bytes=mem["kv"],
+            checkpoint_bytes=self._policy.checkpoint_bytes(),
+            compute_bytes=mem["compute"],
+            model_bytes=mem["model"],
+            rss_bytes=rss_bytes(),
+        )
+
+    # -- feeding tokens ----------------------------------------------------
+
+    @_one_call
+    def feed(self, prompt: str | Sequence[int] | np.ndarray) -> int:
+        """Process text or token ids after what the session holds; returns how many tokens were added."""
+        ids = self._prompt_ids(prompt)
+        self._prefill(ids)
+        return len(ids)
+
+    def _prompt_ids(self, prompt: str | Sequence[int] | np.ndarray) -> np.ndarray:
+        if isinstance(prompt, str):
+            if not prompt:
+                raise PromptError("prompt is empty")
+            # BOS belongs only at the very start of the context.
+            ids = self._model.tokenize(prompt, add_special=not self.tokens)
+        else:
+            ids = self._model.check_tokens(prompt)
+        if ids.size == 0:
+            raise PromptError("prompt has no tokens")
+        return ids
+
+    def _prefill(self, ids: np.ndarray) -> float:
+        """Decode pending + ids in n_batch chunks, logits for the last token only; returns seconds."""
+        ctx = self._context()
+        ids = np.concatenate([np.asarray(self._pending, dtype=np.int32), ids.astype(np.int32, copy=False)])
+        if len(self._tokens) + len(ids) > self._max_positions():
+            raise ContextOverflowError(
+                f"{len(ids)} tokens do not fit: the context holds {self._max_positions()} and "
+                f"{len(self._tokens)} are used"
+            )
+        n_batch = min(ctx.n_batch, self._policy.max_new_tokens())
+        # h^(n_layer) exists only for tokens that produce outputs.
+        every_output = self._capture is not None and self.model.info.n_layer in self._capture.layers
+        start = time.perf_counter()
+        for i in range(0, len(ids), n_batch):
+            chunk = ids[i : i + n_batch]
+            last = i + n_batch >= len(ids)
+            self._decode(chunk, Outputs.ALL if every_output else (Outputs.LAST if last else Outputs.NONE))
+        self._pending = []
+        elapsed = time.perf_counter() - start
+        self._counters.n_prefill_tokens += len(ids)
+        self._counters.prefill_s += elapsed
+        return elapsed
+
+    def _decode(self, chunk, outputs: Outputs) -> None:
+        """Decode tokens after the last position, evicting first if the policy's budget needs it."""
+        ctx, pos = self._ctx, len(self._tokens)
+        self._policy.make_room(ctx, len(chunk))
+        logits = self._policy.decode(ctx, np.asarray(chunk, dtype=np.int32), pos, outputs)
+        self._logits = None if logits is None else logits[-1]
+        self._policy.admitted(range(pos, pos + len(chunk)))
+        self._policy.observe(ctx, pos, len(chunk))
+        if self._capture is not None:
+            self._capture._add(ctx, pos, chunk)
+        self._tokens.extend(int(t) for t in chunk)
+
+    def _max_positions(self) -> int:
+        """How long the sequence may grow: the cells, or for a bounded session the trained context."""
+        return self.model.info.n_ctx_train if self._policy.bounded else self._ctx.n_ctx
+
+
+def _check_sizes(**sizes) -> None:
+    """Each given size (None: derived later) as a positive int32; threads at most MAX_THREADS."""
+    for name, value in sizes.items():
+        if value is None:
+            continue
+        top = MAX_THREADS if name == "n_threads" else _MAX_INT32
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= top:
+            raise ArgumentError(f"{name} must be an integer in [1, {top}], not {value!r}")
+
+
+def _checked_index(value, name: str, last: int = _MAX_INT32) -> int:
+    """value as an int in [0, last] (llama.cpp's positions and layers are int32), else IndexError."""
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 0
+    if not ok or value > last:
+        raise IndexOutOfRangeError(f"{name} must be an integer in [0, {last}], not {value!r}")
+    return int(value)
+
+
+def _usable_cpus() -> int:
+    """CPUs this process may run on (respects affinity and container CPU sets, unlike os.cpu_count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 4
