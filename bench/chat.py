@@ -29,13 +29,26 @@ from common import parser, pyplot, save
 RESULTS = Path(__file__).resolve().parent / "results"
 SYSTEM = "You are a helpful travel guide. Answer briefly."
 TURNS = (
-    "What is the capital of France?", "What is the most famous tower there?", "Who designed it?",
-    "When was it built?", "How tall is it?", "Can visitors go to the top?", "What river flows through the city?",
-    "Name a famous museum in the city.", "What painting is most famous there?", "Who painted it?",
-    "What is a typical French breakfast?", "Name a famous cathedral in Paris.", "What happened to it in 2019?",
-    "What is the main avenue of Paris called?", "What monument stands at its end?",
-    "Which hill has a white basilica?", "What is the name of that basilica?", "How do people get around Paris?",
-    "What is a good month to visit?", "Summarise our conversation in one sentence.",
+    "What is the capital of France?",
+    "What is the most famous tower there?",
+    "Who designed it?",
+    "When was it built?",
+    "How tall is it?",
+    "Can visitors go to the top?",
+    "What river flows through the city?",
+    "Name a famous museum in the city.",
+    "What painting is most famous there?",
+    "Who painted it?",
+    "What is a typical French breakfast?",
+    "Name a famous cathedral in Paris.",
+    "What happened to it in 2019?",
+    "What is the main avenue of Paris called?",
+    "What monument stands at its end?",
+    "Which hill has a white basilica?",
+    "What is the name of that basilica?",
+    "How do people get around Paris?",
+    "What is a good month to visit?",
+    "Summarise our conversation in one sentence.",
 )
 MAX_TOKENS = 30
 
@@ -50,14 +63,22 @@ def converse(model, n_turns: int, **session_args) -> list[dict]:
             session.chat(messages, max_tokens=MAX_TOKENS)
             wall = time.perf_counter() - start
             s = session.stats
-            turns.append({
-                "turn": i + 1, "wall_s": wall, "n_tokens": s.n_tokens, "n_cached": s.n_cached,
-                "kv_bytes": s.kv_bytes, "compute_bytes": s.compute_bytes, "rss_bytes": s.rss_bytes,
-                # llama.cpp allocates every cell up front: the cells in use times the measured bytes per cell
-                "kv_bytes_in_use": int(s.n_cached * s.kv_bytes / s.n_ctx),
-                "checkpoint_bytes": s.checkpoint_bytes, "reply": session.messages[-1]["content"],
-                "reply_tokens": session.tokens[len(session.tokens) - (s.n_generated - reply_tokens_before):],
-            })
+            turns.append(
+                {
+                    "turn": i + 1,
+                    "wall_s": wall,
+                    "n_tokens": s.n_tokens,
+                    "n_cached": s.n_cached,
+                    "kv_bytes": s.kv_bytes,
+                    "compute_bytes": s.compute_bytes,
+                    "rss_bytes": s.rss_bytes,
+                    # llama.cpp allocates every cell up front: the cells in use times the measured bytes per cell
+                    "kv_bytes_in_use": int(s.n_cached * s.kv_bytes / s.n_ctx),
+                    "checkpoint_bytes": s.checkpoint_bytes,
+                    "reply": session.messages[-1]["content"],
+                    "reply_tokens": session.tokens[len(session.tokens) - (s.n_generated - reply_tokens_before) :],
+                }
+            )
     return turns
 
 
@@ -74,26 +95,34 @@ def run_model(name: str, budget: int, policies: list[str], checkpoints: list[str
         for policy in policies:
             if policy == "kvdirect":
                 for kind in checkpoints:
-                    configs[f"kvdirect-{kind}@{budget}"] = converse(model, n_turns, kv_budget=budget,
-                                                                   policy=policy, checkpoint=kind)
+                    configs[f"kvdirect-{kind}@{budget}"] = converse(
+                        model, n_turns, kv_budget=budget, policy=policy, checkpoint=kind
+                    )
             else:
                 configs[f"{policy}@{budget}"] = converse(model, n_turns, kv_budget=budget, policy=policy)
         for label, turns in configs.items():
             for ref, turn in zip(full, turns):
                 turn["token_match_vs_full"] = token_match(ref["reply_tokens"], turn["reply_tokens"])
             last = turns[-1]
-            print(f"{name} {label}: {last['n_tokens']} tokens, {last['n_cached']} in cells, KV "
-                  f"{last['kv_bytes'] / 2**20:.2f} MiB, mean match "
-                  f"{sum(t['token_match_vs_full'] for t in turns) / len(turns):.2f}", file=sys.stderr, flush=True)
+            print(
+                f"{name} {label}: {last['n_tokens']} tokens, {last['n_cached']} in cells, KV "
+                f"{last['kv_bytes'] / 2**20:.2f} MiB, mean match "
+                f"{sum(t['token_match_vs_full'] for t in turns) / len(turns):.2f}",
+                file=sys.stderr,
+                flush=True,
+            )
         return {"budget": budget, "configs": configs}
 
 
 def plot(results: dict, path: Path) -> None:
     plt = pyplot()
-    panels = (("kv_bytes", "KV buffer (MiB, allocator)", 2**20), ("checkpoint_bytes", "checkpoint (MiB)", 2**20),
-              ("rss_bytes", "process RSS (MiB)", 2**20), ("wall_s", "turn wall time (s)", 1))
-    fig, axes = plt.subplots(len(panels), len(results), figsize=(6 * len(results), 3.4 * len(panels)),
-                             squeeze=False)
+    panels = (
+        ("kv_bytes", "KV buffer (MiB, allocator)", 2**20),
+        ("checkpoint_bytes", "checkpoint (MiB)", 2**20),
+        ("rss_bytes", "process RSS (MiB)", 2**20),
+        ("wall_s", "turn wall time (s)", 1),
+    )
+    fig, axes = plt.subplots(len(panels), len(results), figsize=(6 * len(results), 3.4 * len(panels)), squeeze=False)
     for col, (name, result) in enumerate(results.items()):
         for row, (key, label, scale) in enumerate(panels):
             ax = axes[row][col]
@@ -117,8 +146,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     results = {name: run_model(name, args.budget, args.policies, args.checkpoints, args.turns) for name in args.model}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"max_tokens_per_reply": MAX_TOKENS, "turns": args.turns, "models": results},
-                                   indent=2) + "\n")
+    args.out.write_text(
+        json.dumps({"max_tokens_per_reply": MAX_TOKENS, "turns": args.turns, "models": results}, indent=2) + "\n"
+    )
     plot(results, args.plot)
     print(f"wrote {args.out} and {args.plot}", file=sys.stderr)
     return 0

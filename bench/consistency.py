@@ -59,15 +59,21 @@ def residual_patching(model) -> dict:
         for layer in range(n_layer):
             _, patched = recipient.forward_layers(a_cap.residuals[layer][-1:], last, layer, n_layer, logits=True)
             _, restored = recipient.forward_layers(b_cap.residuals[layer][-1:], last, layer, n_layer, logits=True)
-            rows.append({
-                "layer": layer,
-                "kl_donor_vs_patched": kl(p_donor, softmax(patched[0])),
-                "top1_matches_donor": int(np.argmax(patched[0])) == int(np.argmax(p_donor)),
-                "self_patch_max_dlogit": float(np.max(np.abs(restored[0] - own_logits))),
-            })
+            rows.append(
+                {
+                    "layer": layer,
+                    "kl_donor_vs_patched": kl(p_donor, softmax(patched[0])),
+                    "top1_matches_donor": int(np.argmax(patched[0])) == int(np.argmax(p_donor)),
+                    "self_patch_max_dlogit": float(np.max(np.abs(restored[0] - own_logits))),
+                }
+            )
         baseline = kl(p_donor, softmax(own_logits))
-    return {"n_tokens": n, "kl_donor_vs_unpatched": baseline, "layers": rows,
-            "self_patch_exact": all(r["self_patch_max_dlogit"] == 0 for r in rows)}
+    return {
+        "n_tokens": n,
+        "kl_donor_vs_unpatched": baseline,
+        "layers": rows,
+        "self_patch_exact": all(r["self_patch_max_dlogit"] == 0 for r in rows),
+    }
 
 
 def _prefill(model, exact: bool, **session_args) -> dict:
@@ -82,7 +88,9 @@ def _prefill(model, exact: bool, **session_args) -> dict:
 
 def _max_diff(a: dict, b: dict) -> dict:
     return {
-        "residuals": max(float(np.max(np.abs(a["residuals"][l] - b["residuals"][l]))) for l in a["residuals"]),
+        "residuals": max(
+            float(np.max(np.abs(a["residuals"][layer] - b["residuals"][layer]))) for layer in a["residuals"]
+        ),
         "k": max(float(np.max(np.abs(x[0] - y[0]))) for x, y in zip(a["kv"], b["kv"])),
         "v": max(float(np.max(np.abs(x[1] - y[1]))) for x, y in zip(a["kv"], b["kv"])),
         "logits": float(np.max(np.abs(a["logits"] - b["logits"]))),
@@ -99,8 +107,9 @@ def batch_invariance(model, exact: bool) -> dict:
 
 def _fast_profile_in_child(name: str) -> dict:
     env = dict(os.environ, GGML_CPU_TILED_MM="1")
-    out = subprocess.run([sys.executable, __file__, "--child-fast", name], env=env, capture_output=True,
-                         text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--child-fast", name], env=env, capture_output=True, text=True, check=True
+    )
     return json.loads(out.stdout)
 
 

@@ -32,8 +32,9 @@ from pathlib import Path
 import numpy as np
 
 import pykvd
-from pykvd.verify import greedy_steps
 from common import kl, parser, pyplot, save, softmax
+from pykvd.verify import greedy_steps
+
 SEEDS = (
     "Write a story about a lighthouse keeper who finds a message in a bottle.",
     "Explain how a steam engine works, step by step, for a curious student.",
@@ -102,17 +103,27 @@ def run_model(name: str, n_contexts: int, budgets: list[int], policies: list[str
                         with model.session(**args) as forced:
                             forced.feed(ids)
                             forced_logits = teacher_forced(forced, ref_tokens)
-                    row = {"context": i, "policy": policy, "budget": budget, "kv_bytes": kv_bytes,
-                           **compare(ref_tokens, ref_logits, free_tokens, forced_logits),
-                           "seconds": time.perf_counter() - start}
+                    row = {
+                        "context": i,
+                        "policy": policy,
+                        "budget": budget,
+                        "kv_bytes": kv_bytes,
+                        **compare(ref_tokens, ref_logits, free_tokens, forced_logits),
+                        "seconds": time.perf_counter() - start,
+                    }
                     if policy == "kvdirect":
                         row["checkpoint"] = checkpoint
-                        row["max_abs_dlogit"] = max(float(np.max(np.abs(a - b)))
-                                                    for a, b in zip(ref_logits, forced_logits))
+                        row["max_abs_dlogit"] = max(
+                            float(np.max(np.abs(a - b))) for a, b in zip(ref_logits, forced_logits)
+                        )
                     rows.append(row)
-                    print(f"{name} context {i} {policy:>9} B={budget:<3} match {row['match_rate']:.2f} "
-                          f"first div {row['first_divergence']:>2} KL {row['kl_mean']:.3f} "
-                          f"top1 {row['top1_agreement']:.2f}", file=sys.stderr, flush=True)
+                    print(
+                        f"{name} context {i} {policy:>9} B={budget:<3} match {row['match_rate']:.2f} "
+                        f"first div {row['first_divergence']:>2} KL {row['kl_mean']:.3f} "
+                        f"top1 {row['top1_agreement']:.2f}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
     return {"rows": rows, "table": summarize(rows, policies, budgets)}
 
 
@@ -124,7 +135,8 @@ def summarize(rows: list[dict], policies: list[str], budgets: list[int]) -> dict
             cell = [r for r in rows if r["policy"] == policy and r["budget"] == budget]
             table.setdefault(policy, {})[str(budget)] = {
                 key: float(np.mean([r[key] for r in cell]))
-                for key in ("match_rate", "first_divergence", "kl_mean", "top1_agreement")}
+                for key in ("match_rate", "first_divergence", "kl_mean", "top1_agreement")
+            }
     return table
 
 
@@ -149,15 +161,26 @@ def main(argv=None) -> int:
     p.add_argument("--contexts", type=int, default=5)
     p.add_argument("--budgets", nargs="+", type=int, default=[32, 64, 128, 256, 384])
     p.add_argument("--policies", nargs="+", default=["window", "streaming", "h2o", "tova", "snapkv"])
-    p.add_argument("--checkpoint", default="residuals", choices=["tokens", "residuals"],
-                   help="kvdirect's checkpoint kind (both are bit-exact; residuals is the faster here)")
+    p.add_argument(
+        "--checkpoint",
+        default="residuals",
+        choices=["tokens", "residuals"],
+        help="kvdirect's checkpoint kind (both are bit-exact; residuals is the faster here)",
+    )
     p.add_argument("--out", type=Path, default=RESULTS / "eviction.json")
     p.add_argument("--plot", type=Path, default=RESULTS / "eviction.png")
     args = p.parse_args(argv)
-    results = {name: run_model(name, args.contexts, args.budgets, args.policies, args.checkpoint)
-               for name in args.model}
-    report = {"context": CONTEXT, "generated": GENERATED, "contexts": args.contexts, "budgets": args.budgets,
-              "profile": "exact", "models": results}
+    results = {
+        name: run_model(name, args.contexts, args.budgets, args.policies, args.checkpoint) for name in args.model
+    }
+    report = {
+        "context": CONTEXT,
+        "generated": GENERATED,
+        "contexts": args.contexts,
+        "budgets": args.budgets,
+        "profile": "exact",
+        "models": results,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     plot(results, args.budgets, args.plot)

@@ -144,8 +144,15 @@ def _environment(settings: RunSettings, cache_dir: Path) -> dict[str, str]:
 
 def _run(command: list[str], env: dict[str, str], timeout_s: float, cwd: Path) -> tuple[int | None, str]:
     """Exit status (None on timeout) and stderr; the whole process group is killed at the timeout."""
-    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               env=env, cwd=cwd, start_new_session=True)
+    process = subprocess.Popen(
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=cwd,
+        start_new_session=True,
+    )
     try:
         _, stderr = process.communicate(timeout=timeout_s)
         return process.returncode, stderr.decode("utf-8", "replace")
@@ -161,27 +168,37 @@ def _run(command: list[str], env: dict[str, str], timeout_s: float, cwd: Path) -
             pass
 
 
-def run_mutant(seed: int, sources: dict[str, Path], workdir: Path, settings: RunSettings, *,
-               keep: bool = False) -> Result:
+def run_mutant(
+    seed: int, sources: dict[str, Path], workdir: Path, settings: RunSettings, *, keep: bool = False
+) -> Result:
     source = source_of(seed)
     mutant = workdir / f"mutant-{seed}.gguf"
     mutation = mutants.write_mutant(sources[source], seed, mutant, classes=settings.classes)
     start = time.perf_counter()
     try:
-        returncode, stderr = _run(_command(settings.mode, mutant), _environment(settings, workdir / "cache"),
-                                  settings.timeout_s, workdir)
+        returncode, stderr = _run(
+            _command(settings.mode, mutant), _environment(settings, workdir / "cache"), settings.timeout_s, workdir
+        )
     finally:
         if not keep:
             mutant.unlink(missing_ok=True)
     seconds = time.perf_counter() - start
     outcome = classify(returncode, stderr)
     detail = stderr.strip()[:300] if outcome == "refused" else stderr.strip()[-_DETAIL_CHARS:]
-    return Result(seed, source, mutation.cls, mutation.target, mutation.value, outcome, returncode,
-                  round(seconds, 3), detail)
+    return Result(
+        seed, source, mutation.cls, mutation.target, mutation.value, outcome, returncode, round(seconds, 3), detail
+    )
 
 
-def run_seeds(seeds: list[int], settings: RunSettings, *, workers: int = 2, workdir: Path | None = None,
-              keep: bool = False, progress=None) -> list[Result]:
+def run_seeds(
+    seeds: list[int],
+    settings: RunSettings,
+    *,
+    workers: int = 2,
+    workdir: Path | None = None,
+    keep: bool = False,
+    progress=None,
+) -> list[Result]:
     """Every seed's mutant run under settings, workers at a time; results in seed order."""
     owned = workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="pykvd-fuzz-")) if owned else workdir
@@ -216,14 +233,23 @@ def summarize(results: list[Result], *, slowest: int = 10) -> dict:
 
 
 def _brief(r: Result) -> dict:
-    return {"seed": r.seed, "source": r.source, "cls": r.cls, "target": r.target, "value": r.value,
-            "outcome": r.outcome, "seconds": r.seconds}
+    return {
+        "seed": r.seed,
+        "source": r.source,
+        "cls": r.cls,
+        "target": r.target,
+        "value": r.value,
+        "outcome": r.outcome,
+        "seconds": r.seconds,
+    }
 
 
 def failure_lines(summary: dict, limit: int = 40) -> str:
     """One line per failing seed, for a report or an assertion message."""
-    lines = [f"{f['outcome']:<6} seed {f['seed']} ({f['source']}) {f['cls']}: {f['target']} = {f['value']}"
-             for f in summary["failures"][:limit]]
+    lines = [
+        f"{f['outcome']:<6} seed {f['seed']} ({f['source']}) {f['cls']}: {f['target']} = {f['value']}"
+        for f in summary["failures"][:limit]
+    ]
     extra = len(summary["failures"]) - limit
     return "\n".join(lines + ([f"... and {extra} more"] if extra > 0 else []))
 
@@ -235,11 +261,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--only", type=int, nargs="+", metavar="SEED", help="run just these seeds, keep their files")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--mode", choices=("cli", "api"), default="cli")
-    p.add_argument("--classes", nargs="+", choices=mutants.CLASS_NAMES, default=None, metavar="CLASS",
-                   help="pick each seed's mutation class from these only (then give them with --only too)")
+    p.add_argument(
+        "--classes",
+        nargs="+",
+        choices=mutants.CLASS_NAMES,
+        default=None,
+        metavar="CLASS",
+        help="pick each seed's mutation class from these only (then give them with --only too)",
+    )
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds per mutant (default 60)")
-    p.add_argument("--probe-timeout", type=float, default=DEFAULT_PROBE_TIMEOUT_S,
-                   help="$PYKVD_PROBE_TIMEOUT for each mutant (default 20)")
+    p.add_argument(
+        "--probe-timeout",
+        type=float,
+        default=DEFAULT_PROBE_TIMEOUT_S,
+        help="$PYKVD_PROBE_TIMEOUT for each mutant (default 20)",
+    )
     p.add_argument("--out", type=Path, default=None, help="JSON report (default bench/results/fuzz.json)")
     return p
 
@@ -247,10 +283,15 @@ def _parser() -> argparse.ArgumentParser:
 def _print_progress(total: int):
     def progress(done: int, result: Result) -> None:
         if result.outcome in FAILURES:
-            print(f"  {result.outcome}: seed {result.seed} ({result.source}) {result.cls}: {result.target} = "
-                  f"{result.value}", file=sys.stderr, flush=True)
+            print(
+                f"  {result.outcome}: seed {result.seed} ({result.source}) {result.cls}: {result.target} = "
+                f"{result.value}",
+                file=sys.stderr,
+                flush=True,
+            )
         if done % 100 == 0 or done == total:
             print(f"{done}/{total} mutants", file=sys.stderr, flush=True)
+
     return progress
 
 
@@ -267,8 +308,10 @@ def _run_only(args, settings: RunSettings) -> int:
         print(f"seed {r.seed} ({r.source}) {r.cls}: {r.target} = {r.value}")
         print(f"  outcome {r.outcome}, exit status {r.returncode}, {r.seconds:.2f} s")
         print(f"  mutant: {mutant}")
-        print(f"  rerun:  PYKVD_PROBE_TIMEOUT={settings.probe_timeout_s:g} PYKVD_CACHE_DIR={workdir / 'cache'} "
-              + " ".join(command))
+        print(
+            f"  rerun:  PYKVD_PROBE_TIMEOUT={settings.probe_timeout_s:g} PYKVD_CACHE_DIR={workdir / 'cache'} "
+            + " ".join(command)
+        )
         if r.detail:
             print(textwrap.indent(r.detail, "  | "))
     return 0 if all(r.outcome not in FAILURES for r in results) else 1
@@ -283,15 +326,25 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     results = run_seeds(seeds, settings, workers=args.workers, progress=_print_progress(len(seeds)))
     wall = time.perf_counter() - start
-    report = {"n": args.n, "first_seed": args.seed, "workers": args.workers, "mode": args.mode,
-              "classes_only": args.classes, "timeout_s": args.timeout, "probe_timeout_s": args.probe_timeout,
-              "wall_s": round(wall, 1),
-              "classes": list(mutants.CLASS_NAMES), **summarize(results)}
+    report = {
+        "n": args.n,
+        "first_seed": args.seed,
+        "workers": args.workers,
+        "mode": args.mode,
+        "classes_only": args.classes,
+        "timeout_s": args.timeout,
+        "probe_timeout_s": args.probe_timeout,
+        "wall_s": round(wall, 1),
+        "classes": list(mutants.CLASS_NAMES),
+        **summarize(results),
+    }
     out = args.out or RESULTS / "fuzz.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"{len(results)} mutants in {wall:.0f} s: "
-          + ", ".join(f"{n} {o}" for o, n in report["totals"].items()), file=sys.stderr)
+    print(
+        f"{len(results)} mutants in {wall:.0f} s: " + ", ".join(f"{n} {o}" for o, n in report["totals"].items()),
+        file=sys.stderr,
+    )
     print(f"wrote {out}", file=sys.stderr)
     return 0
 

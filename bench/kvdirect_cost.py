@@ -98,8 +98,13 @@ def plot(results: dict, path: Path) -> None:
         ax = axes[1][col]
         for kind in KINDS:
             ax.plot(e, [r[f"{kind}_compute_bytes"] / 2**20 for r in rows], marker="o", label=f"compute ({kind})")
-            ax.plot(e, [r[f"{kind}_checkpoint_bytes"] / 2**20 for r in rows], marker="x", linestyle="--",
-                    label=f"checkpoint ({kind})")
+            ax.plot(
+                e,
+                [r[f"{kind}_checkpoint_bytes"] / 2**20 for r in rows],
+                marker="x",
+                linestyle="--",
+                label=f"checkpoint ({kind})",
+            )
         ax.set(xlabel="evicted tokens E", ylabel="MiB (allocator / arrays)", title=f"{name}: memory")
         ax.legend(fontsize=8)
     save(fig, path)
@@ -118,11 +123,15 @@ def main(argv=None) -> int:
             for n_evicted in args.evicted:
                 rows.append(measure(model, n_evicted, args.budget, args.repeats))
                 r = rows[-1]
-                print(f"{name} E={n_evicted}: prefill {r['prefill_evicted_s']:.3f} s, full step "
-                      f"{r['full_step_s'] * 1e3:.1f} ms, tokens step {r['tokens_step_s']:.3f} s "
-                      f"({r['tokens_vs_prefill']:.2f}x prefill), residuals step {r['residuals_step_s']:.3f} s "
-                      f"({r['residuals_vs_prefill']:.2f}x), compute {r['tokens_compute_bytes'] / 2**20:.1f} / "
-                      f"{r['residuals_compute_bytes'] / 2**20:.1f} MiB", file=sys.stderr, flush=True)
+                print(
+                    f"{name} E={n_evicted}: prefill {r['prefill_evicted_s']:.3f} s, full step "
+                    f"{r['full_step_s'] * 1e3:.1f} ms, tokens step {r['tokens_step_s']:.3f} s "
+                    f"({r['tokens_vs_prefill']:.2f}x prefill), residuals step {r['residuals_step_s']:.3f} s "
+                    f"({r['residuals_vs_prefill']:.2f}x), compute {r['tokens_compute_bytes'] / 2**20:.1f} / "
+                    f"{r['residuals_compute_bytes'] / 2**20:.1f} MiB",
+                    file=sys.stderr,
+                    flush=True,
+                )
             results[name] = {"rows": rows, **{f"{kind}_linearity": linearity(rows, kind) for kind in KINDS}}
     report = {"profile": "exact", "budget": args.budget, "repeats": args.repeats, "models": results}
     write_report(args, report, lambda path: plot(results, path))

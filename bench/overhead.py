@@ -104,8 +104,7 @@ _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 def _cpu_snapshot() -> dict:
     """CPU seconds: this process and its waited-for children, and the whole machine (busy, steal)."""
     me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    snap = {"t": time.perf_counter(),
-            "own": me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime}
+    snap = {"t": time.perf_counter(), "own": me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime}
     try:
         with open("/proc/stat", encoding="ascii") as f:
             fields = [int(x) for x in f.readline().split()[1:]]
@@ -160,9 +159,26 @@ def measured(fn):
 
 
 def run_reference(program: str, model_path: str, prompt: str, cfg: dict, env: dict) -> dict:
-    cmd = [program, "-m", model_path, "-p", prompt, "-n", str(cfg["n_predict"]), "-c", str(cfg["n_ctx"]),
-           "-b", str(cfg["n_batch"]), "-t", str(cfg["threads"]), "--flash-attn", str(cfg["flash_attn"]),
-           "--extra-bufts", "1" if cfg["extra_bufts"] else "0", "--ignore-eos"]
+    cmd = [
+        program,
+        "-m",
+        model_path,
+        "-p",
+        prompt,
+        "-n",
+        str(cfg["n_predict"]),
+        "-c",
+        str(cfg["n_ctx"]),
+        "-b",
+        str(cfg["n_batch"]),
+        "-t",
+        str(cfg["threads"]),
+        "--flash-attn",
+        str(cfg["flash_attn"]),
+        "--extra-bufts",
+        "1" if cfg["extra_bufts"] else "0",
+        "--ignore-eos",
+    ]
     start = time.perf_counter()
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
@@ -171,8 +187,12 @@ def run_reference(program: str, model_path: str, prompt: str, cfg: dict, env: di
     out = json.loads(proc.stdout)
     n_prompt = len(out["prompt_tokens"])
     return {
-        "prompt_tokens": n_prompt, "n_generated": len(out["tokens"]), "n_decode_steps": out["n_decode_steps"],
-        "prefill_s": out["prefill_s"], "decode_s": out["decode_s"], "wall_s": wall,
+        "prompt_tokens": n_prompt,
+        "n_generated": len(out["tokens"]),
+        "n_decode_steps": out["n_decode_steps"],
+        "prefill_s": out["prefill_s"],
+        "decode_s": out["decode_s"],
+        "wall_s": wall,
         "prefill_tok_s": _rate(n_prompt, out["prefill_s"]),
         "decode_tok_s": _rate(out["n_decode_steps"], out["decode_s"]),
         "_tokens": out["tokens"],
@@ -182,16 +202,20 @@ def run_reference(program: str, model_path: str, prompt: str, cfg: dict, env: di
 def run_pykvd(model, prompt: str, cfg: dict) -> dict:
     from pykvd.session import Session
 
-    with Session(model, n_ctx=cfg["n_ctx"], n_batch=cfg["n_batch"], n_ubatch=cfg["n_batch"],
-                 n_threads=cfg["threads"]) as session:
+    with Session(
+        model, n_ctx=cfg["n_ctx"], n_batch=cfg["n_batch"], n_ubatch=cfg["n_batch"], n_threads=cfg["threads"]
+    ) as session:
         gen = session.generate(prompt, max_tokens=cfg["n_predict"], stop_at_eog=False)
         steps = session.stats.n_decode_steps
         # llama.cpp's own timers (inside llama_decode only), to tell Python's share from llama.cpp's.
         perf = getattr(getattr(session, "_ctx", None), "perf", None)
         perf = perf() if callable(perf) else None
     result = {
-        "prompt_tokens": gen.n_prompt_tokens, "n_generated": len(gen.tokens), "n_decode_steps": steps,
-        "prefill_s": gen.prefill_s, "decode_s": gen.decode_s,
+        "prompt_tokens": gen.n_prompt_tokens,
+        "n_generated": len(gen.tokens),
+        "n_decode_steps": steps,
+        "prefill_s": gen.prefill_s,
+        "decode_s": gen.decode_s,
         "prefill_tok_s": _rate(gen.n_prompt_tokens, gen.prefill_s),
         "decode_tok_s": _rate(steps, gen.decode_s),
         "_tokens": gen.tokens,
@@ -199,7 +223,8 @@ def run_pykvd(model, prompt: str, cfg: dict) -> dict:
     if perf and perf.get("n_decode") == steps:
         llama_decode_s = perf["decode_ms"] / 1e3
         result.update(
-            llama_prefill_s=perf["prefill_ms"] / 1e3, llama_decode_s=llama_decode_s,
+            llama_prefill_s=perf["prefill_ms"] / 1e3,
+            llama_decode_s=llama_decode_s,
             # Per decode step: sampling (the reference samples too) plus pykvd's Python loop.
             outside_llama_decode_ms_per_step=(gen.decode_s - llama_decode_s) * 1e3 / steps if steps else None,
         )
@@ -213,8 +238,9 @@ def _cli_command() -> list[str]:
 def cli_available(cwd: str) -> bool:
     """True if this installation has `pykvd run` with --stats and --ignore-eos."""
     try:
-        proc = subprocess.run(_cli_command() + ["run", "--help"], check=False, capture_output=True, text=True,
-                              cwd=cwd, timeout=120)
+        proc = subprocess.run(
+            _cli_command() + ["run", "--help"], check=False, capture_output=True, text=True, cwd=cwd, timeout=120
+        )
     except (OSError, subprocess.TimeoutExpired):
         return False
     return proc.returncode == 0 and "--stats" in proc.stdout and "--ignore-eos" in proc.stdout
@@ -224,9 +250,22 @@ def run_cli(model_path: str, prompt: str, cfg: dict, cwd: str, env: dict) -> dic
     prompt_file = Path(cwd) / "prompt.txt"  # -f: the prompt exactly, whatever it starts with
     if not prompt_file.exists():
         prompt_file.write_text(prompt, encoding="utf-8")
-    cmd = _cli_command() + ["run", model_path, "-f", str(prompt_file), "-n", str(cfg["n_predict"]),
-                            "-c", str(cfg["n_ctx"]), "-b", str(cfg["n_batch"]), "-t", str(cfg["threads"]),
-                            "--ignore-eos", "--stats"]
+    cmd = _cli_command() + [
+        "run",
+        model_path,
+        "-f",
+        str(prompt_file),
+        "-n",
+        str(cfg["n_predict"]),
+        "-c",
+        str(cfg["n_ctx"]),
+        "-b",
+        str(cfg["n_batch"]),
+        "-t",
+        str(cfg["threads"]),
+        "--ignore-eos",
+        "--stats",
+    ]
     if cfg["fast"]:
         cmd.append("--fast")
     start = time.perf_counter()
@@ -238,8 +277,14 @@ def run_cli(model_path: str, prompt: str, cfg: dict, cwd: str, env: dict) -> dic
     match = _CLI_STATS.search(proc.stderr)
     if match:
         n_prefill, prefill_s, steps, decode_s = int(match[1]), float(match[2]), int(match[3]), float(match[4])
-        result.update(prompt_tokens=n_prefill, n_decode_steps=steps, prefill_s=prefill_s, decode_s=decode_s,
-                      prefill_tok_s=_rate(n_prefill, prefill_s), decode_tok_s=_rate(steps, decode_s))
+        result.update(
+            prompt_tokens=n_prefill,
+            n_decode_steps=steps,
+            prefill_s=prefill_s,
+            decode_s=decode_s,
+            prefill_tok_s=_rate(n_prefill, prefill_s),
+            decode_tok_s=_rate(steps, decode_s),
+        )
     else:
         result["stats_unparsed"] = proc.stderr.strip()[-500:]
     return result
@@ -249,36 +294,64 @@ def run_cli(model_path: str, prompt: str, cfg: dict, cwd: str, env: dict) -> dic
 
 
 def _parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--model", default="smollm2", help="smollm2, gemma3 or a GGUF path (default smollm2)")
-    p.add_argument("--repeats", type=int, default=7,
-                   help="uncontended repeats wanted; each repeat runs every side once (default 7)")
-    p.add_argument("--extra-repeats", type=int, default=None,
-                   help="repeats allowed on top of --repeats to replace contended ones (default: --repeats)")
-    p.add_argument("--max-foreign", type=float, default=0.05,
-                   help="a run is contended if other processes used more than this share of the CPUs (default 0.05)")
-    p.add_argument("--quiet-wait", type=float, default=120.0,
-                   help="before each repeat, wait up to this many seconds for other processes to go quiet "
-                        "(default 120)")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=7,
+        help="uncontended repeats wanted; each repeat runs every side once (default 7)",
+    )
+    p.add_argument(
+        "--extra-repeats",
+        type=int,
+        default=None,
+        help="repeats allowed on top of --repeats to replace contended ones (default: --repeats)",
+    )
+    p.add_argument(
+        "--max-foreign",
+        type=float,
+        default=0.05,
+        help="a run is contended if other processes used more than this share of the CPUs (default 0.05)",
+    )
+    p.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=120.0,
+        help="before each repeat, wait up to this many seconds for other processes to go quiet (default 120)",
+    )
     p.add_argument("--warmup", type=int, default=1, help="unrecorded runs of each side first (default 1)")
     p.add_argument("--n-predict", type=int, default=128, help="tokens generated per run (default 128)")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--prompt-tokens", type=int, default=320,
-                     help="build a fixed prompt of at least this many tokens (default 320)")
+    src.add_argument(
+        "--prompt-tokens", type=int, default=320, help="build a fixed prompt of at least this many tokens (default 320)"
+    )
     src.add_argument("--prompt", help="use this prompt text instead")
     src.add_argument("--prompt-file", help="read the prompt text from this file")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 2,
-                   help="threads on both sides (default: the machine's cores)")
+    p.add_argument(
+        "--threads", type=int, default=os.cpu_count() or 2, help="threads on both sides (default: the machine's cores)"
+    )
     p.add_argument("--n-ctx", type=int, default=None, help="context size (default: enough for prompt + n_predict)")
     p.add_argument("--n-batch", type=int, default=512, help="n_batch = n_ubatch on both sides (default 512)")
-    p.add_argument("--fast", action="store_true",
-                   help="both sides with llama.cpp's fast kernels (flash attention auto, repacked weights)")
-    p.add_argument("--aa", action="store_true",
-                   help="also run the reference a second time per repeat (reference_aa): an A/A control whose "
-                        "ratio to the reference shows the noise floor of the comparison")
-    p.add_argument("--cli", choices=("auto", "on", "off"), default="auto",
-                   help="also time `pykvd run --stats` end to end (auto: if the CLI has --stats)")
+    p.add_argument(
+        "--fast",
+        action="store_true",
+        help="both sides with llama.cpp's fast kernels (flash attention auto, repacked weights)",
+    )
+    p.add_argument(
+        "--aa",
+        action="store_true",
+        help="also run the reference a second time per repeat (reference_aa): an A/A control whose "
+        "ratio to the reference shows the noise floor of the comparison",
+    )
+    p.add_argument(
+        "--cli",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="also time `pykvd run --stats` end to end (auto: if the CLI has --stats)",
+    )
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON output (default {DEFAULT_OUT})")
     args = p.parse_args(argv)
     for name in ("repeats", "n_predict", "threads", "n_batch"):
@@ -299,16 +372,18 @@ _SUMMARY_KEYS = ("prefill_tok_s", "decode_tok_s", "wall_s", "foreign_share", "ou
 
 
 def _summarize(runs: list[dict], keys=_SUMMARY_KEYS) -> dict:
-    return {f"median_{k}": _median([r[k] for r in runs if r.get(k) is not None])
-            for k in keys if any(r.get(k) is not None for r in runs)}
+    return {
+        f"median_{k}": _median([r[k] for r in runs if r.get(k) is not None])
+        for k in keys
+        if any(r.get(k) is not None for r in runs)
+    }
 
 
 def main(argv=None) -> int:
     args = _parse_args(argv)
 
-    from pykvd import models, paths
+    from pykvd import Model, models, paths
     from pykvd._llama import native  # sets GGML_CPU_TILED_MM=0 (unless set) before llama.cpp loads
-    from pykvd import Model
     from pykvd.profile import TILED_MM_ENV
 
     model_path = str(models.resolve(args.model))
@@ -327,8 +402,13 @@ def main(argv=None) -> int:
     n_prompt = len(model.tokenize(prompt))
     n_ctx = args.n_ctx or -(-(n_prompt + args.n_predict + 8) // 256) * 256
     cfg = {
-        "n_predict": args.n_predict, "n_ctx": n_ctx, "n_batch": args.n_batch, "threads": args.threads,
-        "flash_attn": model.profile.flash_attn, "extra_bufts": model.profile.extra_bufts, "fast": args.fast,
+        "n_predict": args.n_predict,
+        "n_ctx": n_ctx,
+        "n_batch": args.n_batch,
+        "threads": args.threads,
+        "flash_attn": model.profile.flash_attn,
+        "extra_bufts": model.profile.extra_bufts,
+        "fast": args.fast,
     }
     # The reference runs with this process's value of the process-wide kernel switch.
     env = dict(os.environ, **{TILED_MM_ENV: os.environ.get(TILED_MM_ENV, "0")})
@@ -348,8 +428,10 @@ def main(argv=None) -> int:
         sides["pykvd_cli"] = lambda: run_cli(model_path, prompt, cfg, workdir, env)
     names = list(sides)
 
-    log(f"{Path(model_path).name}: {n_prompt} prompt tokens, {args.n_predict} generated, {args.threads} threads, "
-        f"n_ctx {n_ctx}, n_batch {args.n_batch}, {'fast' if args.fast else 'exact'} profile, sides {names}")
+    log(
+        f"{Path(model_path).name}: {n_prompt} prompt tokens, {args.n_predict} generated, {args.threads} threads, "
+        f"n_ctx {n_ctx}, n_batch {args.n_batch}, {'fast' if args.fast else 'exact'} profile, sides {names}"
+    )
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
     started = time.time()
 
@@ -381,10 +463,13 @@ def main(argv=None) -> int:
         mismatches += not same
         if not (r["contended"] or p["contended"]):
             clean.append(i)
-        log(f"repeat {i + 1}: prefill ref {r['prefill_tok_s']:.1f} / pykvd {p['prefill_tok_s']:.1f} tok/s, "
+        log(
+            f"repeat {i + 1}: prefill ref {r['prefill_tok_s']:.1f} / pykvd {p['prefill_tok_s']:.1f} tok/s, "
             f"decode ref {r['decode_tok_s']:.2f} / pykvd {p['decode_tok_s']:.2f} tok/s, other processes "
             f"{100 * r.get('foreign_share', 0):.0f}% / {100 * p.get('foreign_share', 0):.0f}% of the CPUs"
-            + ("" if i in clean else "  [contended]") + ("" if same else "  [TOKENS DIFFER]"))
+            + ("" if i in clean else "  [contended]")
+            + ("" if same else "  [TOKENS DIFFER]")
+        )
         i += 1
 
     elapsed = time.time() - started
@@ -422,8 +507,11 @@ def main(argv=None) -> int:
         "pykvd_version": __import__("pykvd").__version__,
         "reference_program": program,
         "machine": {
-            "platform": platform.platform(), "machine": platform.machine(), "processor": platform.processor(),
-            "python": platform.python_version(), "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "machine": platform.machine(),
+            "processor": platform.processor(),
+            "python": platform.python_version(),
+            "cpu_count": os.cpu_count(),
             "affinity_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
             "loadavg_before": load_before,
             "loadavg_after": os.getloadavg() if hasattr(os, "getloadavg") else None,
@@ -447,24 +535,35 @@ def main(argv=None) -> int:
     ref_s, py_s = headline["summary"]["reference"], headline["summary"]["pykvd"]
     n_used = len(clean) if headline_name == "clean" else i
     log(f"{i} repeats, {len(clean)} uncontended; headline over {headline_name} repeats ({n_used})")
-    log(f"reference: prefill {ref_s['median_prefill_tok_s']:.1f} tok/s, "
-        f"decode {ref_s['median_decode_tok_s']:.2f} tok/s (medians)")
+    log(
+        f"reference: prefill {ref_s['median_prefill_tok_s']:.1f} tok/s, "
+        f"decode {ref_s['median_decode_tok_s']:.2f} tok/s (medians)"
+    )
     log(f"pykvd:     prefill {py_s['median_prefill_tok_s']:.1f} tok/s, decode {py_s['median_decode_tok_s']:.2f} tok/s")
-    log(f"ratio pykvd/reference: prefill {ratios['prefill_tok_s']:.3f}, decode {ratios['decode_tok_s']:.3f} "
+    log(
+        f"ratio pykvd/reference: prefill {ratios['prefill_tok_s']:.3f}, decode {ratios['decode_tok_s']:.3f} "
         f"(paired medians {ratios['paired_median_prefill_tok_s']:.3f}, {ratios['paired_median_decode_tok_s']:.3f}); "
-        f"target >= {TARGET_RATIO}: {'met' if within else 'NOT met'}")
+        f"target >= {TARGET_RATIO}: {'met' if within else 'NOT met'}"
+    )
     if headline_name == "clean":
         a = everything["ratios_pykvd_over_reference"]
         log(f"(over all {i} repeats: prefill {a['prefill_tok_s']:.3f}, decode {a['decode_tok_s']:.3f})")
     if args.aa:
-        log(f"A/A control (reference vs itself): prefill {ratios['aa_prefill_tok_s']:.3f}, "
-            f"decode {ratios['aa_decode_tok_s']:.3f}: differences of this size are noise")
+        log(
+            f"A/A control (reference vs itself): prefill {ratios['aa_prefill_tok_s']:.3f}, "
+            f"decode {ratios['aa_decode_tok_s']:.3f}: differences of this size are noise"
+        )
     if use_cli:
         cli_s = headline["summary"]["pykvd_cli"]
-        log(f"pykvd run end to end: {cli_s['median_wall_s']:.2f} s vs reference {ref_s['median_wall_s']:.2f} s "
+        log(
+            f"pykvd run end to end: {cli_s['median_wall_s']:.2f} s vs reference {ref_s['median_wall_s']:.2f} s "
             f"(x{ratios['cli_wall_over_reference_wall']:.2f})"
-            + (f"; in-CLI prefill {cli_s['median_prefill_tok_s']:.1f}, decode {cli_s['median_decode_tok_s']:.2f} tok/s"
-               if "median_decode_tok_s" in cli_s else ""))
+            + (
+                f"; in-CLI prefill {cli_s['median_prefill_tok_s']:.1f}, decode {cli_s['median_decode_tok_s']:.2f} tok/s"
+                if "median_decode_tok_s" in cli_s
+                else ""
+            )
+        )
     if mismatches:
         log(f"WARNING: generated tokens differed from the reference in {mismatches} repeat(s)")
     log(f"wrote {args.out}")
@@ -490,7 +589,9 @@ def _compare(runs: dict[str, list[dict]], repeats: list[int], use_cli: bool) -> 
         aa_pairs = list(zip(chosen["reference"], chosen["reference_aa"]))
         ratios["aa_prefill_tok_s"] = aa_s["median_prefill_tok_s"] / ref_s["median_prefill_tok_s"]
         ratios["aa_decode_tok_s"] = aa_s["median_decode_tok_s"] / ref_s["median_decode_tok_s"]
-        ratios["aa_paired_median_prefill_tok_s"] = _median([b["prefill_tok_s"] / a["prefill_tok_s"] for a, b in aa_pairs])
+        ratios["aa_paired_median_prefill_tok_s"] = _median(
+            [b["prefill_tok_s"] / a["prefill_tok_s"] for a, b in aa_pairs]
+        )
         ratios["aa_paired_median_decode_tok_s"] = _median([b["decode_tok_s"] / a["decode_tok_s"] for a, b in aa_pairs])
     if use_cli:
         cli_s = summary["pykvd_cli"]

@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import common
-
 import pykvd
 from pykvd import models
 
@@ -43,8 +42,10 @@ def measure(path: Path, repeats: int) -> dict:
             warm.append(_load_seconds(path))
         unprobed.append(_load_seconds(path, probe=False))
     return {
-        "file": path.name, "size_bytes": path.stat().st_size,
-        "first_load_s": statistics.median(cold), "cached_load_s": statistics.median(warm),
+        "file": path.name,
+        "size_bytes": path.stat().st_size,
+        "first_load_s": statistics.median(cold),
+        "cached_load_s": statistics.median(warm),
         "unprobed_load_s": statistics.median(unprobed),
         "probe_cost_s": statistics.median(cold) - statistics.median(unprobed),
         "runs": {"first_load_s": cold, "cached_load_s": warm, "unprobed_load_s": unprobed},
@@ -66,8 +67,11 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     for name, row in report["models"].items():
-        print(f"{name}: first load {row['first_load_s']:.2f} s, cached {row['cached_load_s']:.3f} s, "
-              f"without probe {row['unprobed_load_s']:.3f} s", file=sys.stderr)
+        print(
+            f"{name}: first load {row['first_load_s']:.2f} s, cached {row['cached_load_s']:.3f} s, "
+            f"without probe {row['unprobed_load_s']:.3f} s",
+            file=sys.stderr,
+        )
     print(f"wrote {args.out}", file=sys.stderr)
 
 

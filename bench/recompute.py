@@ -43,7 +43,7 @@ def run_model(name: str, sizes: list[int], repeats: int) -> dict:
     with pykvd.Model(name) as model:
         layer = model.info.n_layer // 2
         n_max = max(sizes)
-        ids = model.tokenize(build_prompt(model, n_max + 1))[:n_max + 1]
+        ids = model.tokenize(build_prompt(model, n_max + 1))[: n_max + 1]
         with model.session(n_ctx=n_max + 16) as session:
             with session.capture([layer]) as capture:
                 session.feed(ids)
@@ -54,13 +54,13 @@ def run_model(name: str, sizes: list[int], repeats: int) -> dict:
                 if n + 1 < len(session.tokens):
                     session.evict(range(n + 1, len(session.tokens)))
                 block = np.ascontiguousarray(h[None, :n])
-                query = np.ascontiguousarray(h[n:n + 1])
+                query = np.ascontiguousarray(h[n : n + 1])
 
                 def recompute():
                     session.refill(block, positions[:n], range(layer, layer + 1))
 
                 def read():
-                    session.forward_layers(query, positions[n:n + 1], layer, layer + 1)
+                    session.forward_layers(query, positions[n : n + 1], layer, layer + 1)
 
                 times = {"recompute": [], "read": []}
                 for r in range(repeats):
@@ -68,10 +68,21 @@ def run_model(name: str, sizes: list[int], repeats: int) -> dict:
                     for label, fn in order if r % 2 == 0 else order[::-1]:
                         times[label].append(timed(fn))
                 med = {k: statistics.median(v) for k, v in times.items()}
-                rows.append({"n_tokens": n, "layer": layer, "seconds": times, "median_s": med,
-                             "recompute_over_read": med["recompute"] / med["read"]})
-                print(f"{name} N={n}: recompute {1e3 * med['recompute']:.2f} ms, read {1e3 * med['read']:.2f} ms, "
-                      f"ratio {med['recompute'] / med['read']:.2f}", file=sys.stderr, flush=True)
+                rows.append(
+                    {
+                        "n_tokens": n,
+                        "layer": layer,
+                        "seconds": times,
+                        "median_s": med,
+                        "recompute_over_read": med["recompute"] / med["read"],
+                    }
+                )
+                print(
+                    f"{name} N={n}: recompute {1e3 * med['recompute']:.2f} ms, read {1e3 * med['read']:.2f} ms, "
+                    f"ratio {med['recompute'] / med['read']:.2f}",
+                    file=sys.stderr,
+                    flush=True,
+                )
     return {"layer": layer, "rows": sorted(rows, key=lambda r: r["n_tokens"])}
 
 
@@ -80,10 +91,19 @@ def plot(results: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, result in results.items():
         ns = [r["n_tokens"] for r in result["rows"]]
-        ax.plot(ns, [1e3 * r["median_s"]["recompute"] for r in result["rows"]], marker="o",
-                label=f"{name}: recompute K/V of N tokens")
-        ax.plot(ns, [1e3 * r["median_s"]["read"] for r in result["rows"]], marker="s", linestyle="--",
-                label=f"{name}: one query attends to N cached rows")
+        ax.plot(
+            ns,
+            [1e3 * r["median_s"]["recompute"] for r in result["rows"]],
+            marker="o",
+            label=f"{name}: recompute K/V of N tokens",
+        )
+        ax.plot(
+            ns,
+            [1e3 * r["median_s"]["read"] for r in result["rows"]],
+            marker="s",
+            linestyle="--",
+            label=f"{name}: one query attends to N cached rows",
+        )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("N (tokens)")

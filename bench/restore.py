@@ -94,8 +94,11 @@ def sample_rows(session, n_tokens: int) -> list:
     everywhere = sorted({0, n_tokens // 3, n_tokens // 2, n_tokens - 1})
     first_visible = max(0, n_tokens - info.n_swa) if info.swa_layers else 0
     window = sorted({first_visible, (first_visible + n_tokens) // 2, n_tokens - 1})
-    return [session.read_kv(layer, pos) for layer in range(info.n_layer)
-            for pos in (window if layer in info.swa_layers else everywhere)]
+    return [
+        session.read_kv(layer, pos)
+        for layer in range(info.n_layer)
+        for pos in (window if layer in info.swa_layers else everywhere)
+    ]
 
 
 def exact(a, b) -> bool:
@@ -117,7 +120,7 @@ def bench_one(model, n_tokens: int, repeats: int) -> dict:
         times: dict[str, list[float]] = {name: [] for name in methods}
         names = list(methods)
         for r in range(repeats):
-            for name in names[r % len(names):] + names[:r % len(names)]:
+            for name in names[r % len(names) :] + names[: r % len(names)]:
                 session.evict(range(n_tokens))
                 start = time.perf_counter()
                 methods[name][0]()
@@ -136,8 +139,11 @@ def bench_one(model, n_tokens: int, repeats: int) -> dict:
         "ratio_to_re_prefill": {name: t / base for name, t in medians.items()},
         "bytes_per_token": {name: held_bytes(objs) / n_tokens for name, (_, objs) in methods.items()},
         "kv_buffer_bytes_per_cell": stats.kv_bytes / stats.n_ctx,
-        "memory_after": {"kv_bytes": stats.kv_bytes, "compute_bytes": stats.compute_bytes,
-                         "rss_bytes": stats.rss_bytes},
+        "memory_after": {
+            "kv_bytes": stats.kv_bytes,
+            "compute_bytes": stats.compute_bytes,
+            "rss_bytes": stats.rss_bytes,
+        },
         "exact": True,
     }
 
@@ -172,8 +178,11 @@ def main(argv=None) -> int:
             for n in args.tokens:
                 run = bench_one(model, n, args.repeats)
                 ratios = ", ".join(f"{k} {v:.3f}" for k, v in run["ratio_to_re_prefill"].items())
-                print(f"{name} N={n}: re-prefill {run['median_s'][METHODS[2]]:.3f} s; ratios {ratios}",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"{name} N={n}: re-prefill {run['median_s'][METHODS[2]]:.3f} s; ratios {ratios}",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 runs.append(run)
             results[name] = {"path": str(model.path), "n_layer": model.info.n_layer, "runs": runs}
     smollm2 = {run["n_tokens"]: run for run in results.get("smollm2", {}).get("runs", [])}
@@ -181,8 +190,12 @@ def main(argv=None) -> int:
     report = {
         "machine": {"cpus": len(os.sched_getaffinity(0)), "platform": platform.platform()},
         "profile": "exact",
-        "bar": {"what": "P2 refill time / re-prefill time, SmolLM2, N=2048", "limit": BAR, "measured": bar,
-                "met": bar is not None and bar <= BAR},
+        "bar": {
+            "what": "P2 refill time / re-prefill time, SmolLM2, N=2048",
+            "limit": BAR,
+            "measured": bar,
+            "met": bar is not None and bar <= BAR,
+        },
         "models": results,
     }
     write_report(args, report, lambda path: plot(results, path))

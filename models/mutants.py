@@ -55,10 +55,34 @@ U8, I8, U16, I16, U32, I32, F32, BOOL, STR, ARR, U64, I64, F64 = range(13)
 _INT_BITS = {U8: 8, I8: 8, U16: 16, I16: 16, U32: 32, I32: 32, BOOL: 8, U64: 64, I64: 64}
 _UNSIGNED_FMT = {8: "<B", 16: "<H", 32: "<I", 64: "<Q"}
 _FLOAT_DTYPE = {F32: np.float32, F64: np.float64}
-_DECODE_FMT = {U8: "<B", I8: "<b", U16: "<H", I16: "<h", U32: "<I", I32: "<i", F32: "<f", BOOL: "<B",
-               U64: "<Q", I64: "<q", F64: "<d"}
-TYPE_NAMES = {U8: "u8", I8: "i8", U16: "u16", I16: "i16", U32: "u32", I32: "i32", F32: "f32", BOOL: "bool",
-              STR: "str", ARR: "arr", U64: "u64", I64: "i64", F64: "f64"}
+_DECODE_FMT = {
+    U8: "<B",
+    I8: "<b",
+    U16: "<H",
+    I16: "<h",
+    U32: "<I",
+    I32: "<i",
+    F32: "<f",
+    BOOL: "<B",
+    U64: "<Q",
+    I64: "<q",
+    F64: "<d",
+}
+TYPE_NAMES = {
+    U8: "u8",
+    I8: "i8",
+    U16: "u16",
+    I16: "i16",
+    U32: "u32",
+    I32: "i32",
+    F32: "f32",
+    BOOL: "bool",
+    STR: "str",
+    ARR: "arr",
+    U64: "u64",
+    I64: "i64",
+    F64: "f64",
+}
 
 GGML = gguf.GGMLQuantizationType
 DEFAULT_ALIGNMENT = 32
@@ -68,9 +92,30 @@ _MAX_GENERATED_BYTES = 16 << 20
 _MAX_RELAID_BYTES = 512 << 20
 
 NAN, INF = float("nan"), float("inf")
-U32_EDGES = (0, 1, 2, 3, 5, 7, 15, 17, 31, 33, 63, 65, 127, 255, 4096, 65535, 65537,
-             2**31 - 1, 2**31, 2**32 - 2, 2**32 - 1)
-I32_EDGES = (0, 1, -1, 3, 17, -2**31, 2**31 - 1)
+U32_EDGES = (
+    0,
+    1,
+    2,
+    3,
+    5,
+    7,
+    15,
+    17,
+    31,
+    33,
+    63,
+    65,
+    127,
+    255,
+    4096,
+    65535,
+    65537,
+    2**31 - 1,
+    2**31,
+    2**32 - 2,
+    2**32 - 1,
+)
+I32_EDGES = (0, 1, -1, 3, 17, -(2**31), 2**31 - 1)
 U64_EDGES = (0, 1, 2**32, 2**63 - 1, 2**63, 2**64 - 1)
 FLOAT_EDGES = (0.0, -0.0, 1.0, -1.0, -1e-6, 1e-45, 1e-38, 0.5, 2.0, 1e30, -1e30, 3.4e38, NAN, INF, -INF)
 
@@ -128,8 +173,9 @@ class Gguf:
     flips: list[tuple[int, int]] = field(default_factory=list)  # (absolute offset, byte value) written last
 
     def copy(self) -> Gguf:
-        return dataclasses.replace(self, fields=list(self.fields),
-                                   tensors=[dataclasses.replace(t) for t in self.tensors], flips=[])
+        return dataclasses.replace(
+            self, fields=list(self.fields), tensors=[dataclasses.replace(t) for t in self.tensors], flips=[]
+        )
 
     def index(self, key: str | bytes) -> int | None:
         key = key.encode() if isinstance(key, str) else key
@@ -188,7 +234,7 @@ class _Parser:
         n = self.take("<Q", structural=structural)
         if self.pos + n > len(self.data):
             raise struct.error("string runs past the bytes read so far")
-        value = self.data[self.pos:self.pos + n]
+        value = self.data[self.pos : self.pos + n]
         self.pos += n
         return value
 
@@ -239,7 +285,7 @@ def _parse(path: Path, size: int, data: bytes) -> Gguf:
         key = p.string()
         vtype = p.take("<I", structural=True)
         value = p.value(vtype, structural=True)
-        fields.append(Field(key, vtype, value, raw=data[start:p.pos]))
+        fields.append(Field(key, vtype, value, raw=data[start : p.pos]))
     infos = []
     for _ in range(n_tensors):
         name = p.string()
@@ -249,10 +295,10 @@ def _parse(path: Path, size: int, data: bytes) -> Gguf:
     header_size = p.pos
     alignment = next((f.value for f in fields if f.key == b"general.alignment"), DEFAULT_ALIGNMENT)
     data_start = _align(header_size, alignment)
-    tensors = [Tensor(name, shape, t, off, data_start + off, tensor_nbytes(shape, t) or 0, t)
-               for name, shape, t, off in infos]
-    return Gguf(path, size, version, fields, tensors, data_start, header_size, tuple(p.structure),
-                alignment=alignment)
+    tensors = [
+        Tensor(name, shape, t, off, data_start + off, tensor_nbytes(shape, t) or 0, t) for name, shape, t, off in infos
+    ]
+    return Gguf(path, size, version, fields, tensors, data_start, header_size, tuple(p.structure), alignment=alignment)
 
 
 _PARSED: dict[tuple[Path, int, int], Gguf] = {}
@@ -328,16 +374,22 @@ def encode_field(f: Field) -> bytes:
 
 
 def _encode_tensor(t: Tensor) -> bytes:
-    return (_pack_string(t.name) + struct.pack("<I", len(t.shape))
-            + b"".join(struct.pack("<Q", d % (1 << 64)) for d in t.shape)
-            + struct.pack("<IQ", t.ggml_type % (1 << 32), t.offset % (1 << 64)))
+    return (
+        _pack_string(t.name)
+        + struct.pack("<I", len(t.shape))
+        + b"".join(struct.pack("<Q", d % (1 << 64)) for d in t.shape)
+        + struct.pack("<IQ", t.ggml_type % (1 << 32), t.offset % (1 << 64))
+    )
 
 
 def header_bytes(doc: Gguf) -> bytes:
     n_tensors = len(doc.tensors) if doc.n_tensors is None else doc.n_tensors
     n_kv = len(doc.fields) if doc.n_kv is None else doc.n_kv
-    parts = [doc.magic, struct.pack("<I", doc.version % (1 << 32)),
-             struct.pack("<QQ", n_tensors % (1 << 64), n_kv % (1 << 64))]
+    parts = [
+        doc.magic,
+        struct.pack("<I", doc.version % (1 << 32)),
+        struct.pack("<QQ", n_tensors % (1 << 64), n_kv % (1 << 64)),
+    ]
     parts += [encode_field(f) for f in doc.fields]
     parts += [_encode_tensor(t) for t in doc.tensors]
     return b"".join(parts)
@@ -448,10 +500,10 @@ def _show(value, limit: int = 80) -> str:
         inner = ", ".join(_show(v, 16) for v in items[:4]) + (", ..." if len(items) > 4 else "")
         text = f"{TYPE_NAMES.get(value.itype, value.itype)}[{len(items)}]({inner})"
     elif isinstance(value, bytes) and len(value) > limit:
-        text = f"{value[:limit // 2]!r}... ({len(value)} bytes)"
+        text = f"{value[: limit // 2]!r}... ({len(value)} bytes)"
     else:
         text = repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _typed(vtype: int, value) -> str:
@@ -479,43 +531,119 @@ _STRING_EDGES = (b"", b"0", b"-1", b"none", b"\xff\xfe", b"\x00", b"x" * 300, b"
 
 def _wrong_typed(rng: random.Random, n_layer: int) -> tuple[int, object]:
     """A value whose type no hyperparameter has: strings, bools, 64-bit ints, floats, arrays."""
-    return rng.choice((
-        (STR, b""), (STR, b"4"), (STR, b"\xff\xfe"), (F32, NAN), (F32, 2.5), (F32, -1.0), (F64, INF),
-        (BOOL, 1), (BOOL, 2), (U8, 255), (I8, -1), (U16, 65535), (I16, -1), (I64, -1), (U64, 2**64 - 1),
-        (U64, 2**32), (I32, -1), (ARR, Array(U32, [])), (ARR, Array(U32, [4] * n_layer)),
-        (ARR, Array(STR, [b"a"])), (ARR, Array(F32, [NAN] * n_layer)), (ARR, Array(ARR, [Array(U32, [1])])),
-    ))
+    return rng.choice(
+        (
+            (STR, b""),
+            (STR, b"4"),
+            (STR, b"\xff\xfe"),
+            (F32, NAN),
+            (F32, 2.5),
+            (F32, -1.0),
+            (F64, INF),
+            (BOOL, 1),
+            (BOOL, 2),
+            (U8, 255),
+            (I8, -1),
+            (U16, 65535),
+            (I16, -1),
+            (I64, -1),
+            (U64, 2**64 - 1),
+            (U64, 2**32),
+            (I32, -1),
+            (ARR, Array(U32, [])),
+            (ARR, Array(U32, [4] * n_layer)),
+            (ARR, Array(STR, [b"a"])),
+            (ARR, Array(F32, [NAN] * n_layer)),
+            (ARR, Array(ARR, [Array(U32, [1])])),
+        )
+    )
 
 
 # Keys of other architectures and optional features, with the type llama.cpp reads them as.
 FOREIGN_KEYS: tuple[tuple[str, int], ...] = (
-    ("expert_count", U32), ("expert_used_count", U32), ("expert_shared_count", U32),
-    ("expert_group_count", U32), ("expert_group_used_count", U32), ("expert_weights_scale", F32),
-    ("expert_weights_norm", BOOL), ("expert_gating_func", U32), ("expert_feed_forward_length", U32),
-    ("leading_dense_block_count", U32), ("moe_every_n_layers", U32), ("nextn_predict_layers", U32),
-    ("n_deepstack_layers", U32), ("vocab_size", U32), ("embedding_length_out", U32),
-    ("embedding_length_per_layer_input", U32), ("full_attention_interval", U32),
-    ("interleave_moe_layer_step", U32), ("pooling_type", U32), ("logit_scale", F32),
-    ("attn_logit_softcapping", F32), ("final_logit_softcapping", F32), ("residual_scale", F32),
-    ("embedding_scale", F32), ("swin_norm", BOOL), ("use_parallel_residual", BOOL),
-    ("rope.scaling.type", STR), ("rope.scaling.factor", F32), ("rope.scaling.original_context_length", U32),
-    ("rope.scaling.attn_factor", F32), ("rope.scaling.yarn_log_multiplier", F32), ("rope.scaling.finetuned", BOOL),
-    ("rope.scaling.yarn_ext_factor", F32), ("rope.scaling.yarn_beta_fast", F32), ("rope.dimension_sections", ARR),
-    ("rope.dimension_count_swa", U32), ("rope.freq_base_swa", F32), ("rope.scale_linear", F32),
-    ("attention.sliding_window", U32), ("attention.sliding_window_pattern", U32),
-    ("attention.layer_norm_epsilon", F32), ("attention.clamp_kqv", F32), ("attention.causal", BOOL),
-    ("attention.q_lora_rank", U32), ("attention.kv_lora_rank", U32), ("attention.key_length_mla", U32),
-    ("attention.value_length_mla", U32), ("attention.key_length_swa", U32), ("attention.value_length_swa", U32),
-    ("attention.scale", F32), ("attention.temperature_length", U32), ("attention.shared_kv_layers", U32),
-    ("attention.max_alibi_bias", F32), ("attention.group_norm_groups", U32),
-    ("attention.relative_buckets_count", U32), ("decoder_start_token_id", U32), ("ssm.conv_kernel", U32),
+    ("expert_count", U32),
+    ("expert_used_count", U32),
+    ("expert_shared_count", U32),
+    ("expert_group_count", U32),
+    ("expert_group_used_count", U32),
+    ("expert_weights_scale", F32),
+    ("expert_weights_norm", BOOL),
+    ("expert_gating_func", U32),
+    ("expert_feed_forward_length", U32),
+    ("leading_dense_block_count", U32),
+    ("moe_every_n_layers", U32),
+    ("nextn_predict_layers", U32),
+    ("n_deepstack_layers", U32),
+    ("vocab_size", U32),
+    ("embedding_length_out", U32),
+    ("embedding_length_per_layer_input", U32),
+    ("full_attention_interval", U32),
+    ("interleave_moe_layer_step", U32),
+    ("pooling_type", U32),
+    ("logit_scale", F32),
+    ("attn_logit_softcapping", F32),
+    ("final_logit_softcapping", F32),
+    ("residual_scale", F32),
+    ("embedding_scale", F32),
+    ("swin_norm", BOOL),
+    ("use_parallel_residual", BOOL),
+    ("rope.scaling.type", STR),
+    ("rope.scaling.factor", F32),
+    ("rope.scaling.original_context_length", U32),
+    ("rope.scaling.attn_factor", F32),
+    ("rope.scaling.yarn_log_multiplier", F32),
+    ("rope.scaling.finetuned", BOOL),
+    ("rope.scaling.yarn_ext_factor", F32),
+    ("rope.scaling.yarn_beta_fast", F32),
+    ("rope.dimension_sections", ARR),
+    ("rope.dimension_count_swa", U32),
+    ("rope.freq_base_swa", F32),
+    ("rope.scale_linear", F32),
+    ("attention.sliding_window", U32),
+    ("attention.sliding_window_pattern", U32),
+    ("attention.layer_norm_epsilon", F32),
+    ("attention.clamp_kqv", F32),
+    ("attention.causal", BOOL),
+    ("attention.q_lora_rank", U32),
+    ("attention.kv_lora_rank", U32),
+    ("attention.key_length_mla", U32),
+    ("attention.value_length_mla", U32),
+    ("attention.key_length_swa", U32),
+    ("attention.value_length_swa", U32),
+    ("attention.scale", F32),
+    ("attention.temperature_length", U32),
+    ("attention.shared_kv_layers", U32),
+    ("attention.max_alibi_bias", F32),
+    ("attention.group_norm_groups", U32),
+    ("attention.relative_buckets_count", U32),
+    ("decoder_start_token_id", U32),
+    ("ssm.conv_kernel", U32),
 )
 _ROPE_SCALING_TYPES = (b"", b"none", b"linear", b"yarn", b"longrope", b"bogus", b"\xff")
 # Keys llama.cpp accepts either as one number or as one number per layer.
-PER_LAYER_KEYS = ("attention.head_count", "attention.head_count_kv", "feed_forward_length",
-                  "attention.sliding_window_pattern")
-_ARCH_NAMES = (b"llama", b"qwen2", b"qwen3", b"gemma3", b"phi3", b"gemma2", b"qwen3moe", b"deepseek2",
-               b"mamba", b"bert", b"clip", b"", b"llama\x00", b"LLAMA", b"\xff")
+PER_LAYER_KEYS = (
+    "attention.head_count",
+    "attention.head_count_kv",
+    "feed_forward_length",
+    "attention.sliding_window_pattern",
+)
+_ARCH_NAMES = (
+    b"llama",
+    b"qwen2",
+    b"qwen3",
+    b"gemma3",
+    b"phi3",
+    b"gemma2",
+    b"qwen3moe",
+    b"deepseek2",
+    b"mamba",
+    b"bert",
+    b"clip",
+    b"",
+    b"llama\x00",
+    b"LLAMA",
+    b"\xff",
+)
 
 
 def _hparam_keys(doc: Gguf) -> list[bytes]:
@@ -588,11 +716,30 @@ def _hparam_missing(doc: Gguf, rng: random.Random) -> tuple[str, str]:
 
 
 def _general_alignment(doc: Gguf, rng: random.Random) -> tuple[str, str]:
-    vtype, value = rng.choice((
-        (U32, 0), (U32, 1), (U32, 2), (U32, 3), (U32, 8), (U32, 16), (U32, 31), (U32, 64), (U32, 4096),
-        (U32, 2**31), (U32, 2**32 - 1), (F32, NAN), (F32, INF), (F32, 32.0), (STR, b"32"), (STR, b""),
-        (ARR, Array(U32, [32])), (U64, 32), (I32, -32), (U8, 32),
-    ))
+    vtype, value = rng.choice(
+        (
+            (U32, 0),
+            (U32, 1),
+            (U32, 2),
+            (U32, 3),
+            (U32, 8),
+            (U32, 16),
+            (U32, 31),
+            (U32, 64),
+            (U32, 4096),
+            (U32, 2**31),
+            (U32, 2**32 - 1),
+            (F32, NAN),
+            (F32, INF),
+            (F32, 32.0),
+            (STR, b"32"),
+            (STR, b""),
+            (ARR, Array(U32, [32])),
+            (U64, 32),
+            (I32, -32),
+            (U8, 32),
+        )
+    )
     doc.set("general.alignment", vtype, value)
     laid = "layout at 32"
     if vtype == U32 and 0 < value <= 4096 and value & (value - 1) == 0 and rng.random() < 0.5:
@@ -630,9 +777,13 @@ def _container_key(doc: Gguf, rng: random.Random) -> tuple[str, str]:
         key = _invalid_utf8(b"fuzz.key", rng)
         doc.fields.insert(i, Field(key, U32, 1))
     else:
-        key = {"invalid utf-8": lambda: _invalid_utf8(f.key, rng), "empty": lambda: b"",
-               "nul inside": lambda: f.key + b"\x00junk", "long": lambda: f.key * (70000 // max(1, len(f.key))),
-               "renamed": lambda: f.key + b"_"}[kind]()
+        key = {
+            "invalid utf-8": lambda: _invalid_utf8(f.key, rng),
+            "empty": lambda: b"",
+            "nul inside": lambda: f.key + b"\x00junk",
+            "long": lambda: f.key * (70000 // max(1, len(f.key))),
+            "renamed": lambda: f.key + b"_",
+        }[kind]()
         doc.fields[i] = Field(key, f.vtype, f.value)
     return f.key.decode("utf-8", "replace"), f"{kind}: {_show(key)}"
 
@@ -701,9 +852,29 @@ def _container_nested_array(doc: Gguf, rng: random.Random) -> tuple[str, str]:
 
 
 # Tensor dtypes worth swapping in: every float and int type, common quants, and ids ggml does not have.
-_DTYPES = (GGML.F32, GGML.F16, GGML.BF16, GGML.F64, GGML.I8, GGML.I16, GGML.I32, GGML.I64, GGML.Q4_0,
-           GGML.Q4_1, GGML.Q5_0, GGML.Q8_0, GGML.Q8_1, GGML.Q2_K, GGML.Q4_K, GGML.Q6_K, GGML.Q8_K,
-           GGML.IQ4_NL, GGML.IQ2_XXS, GGML.TQ1_0, GGML.MXFP4)
+_DTYPES = (
+    GGML.F32,
+    GGML.F16,
+    GGML.BF16,
+    GGML.F64,
+    GGML.I8,
+    GGML.I16,
+    GGML.I32,
+    GGML.I64,
+    GGML.Q4_0,
+    GGML.Q4_1,
+    GGML.Q5_0,
+    GGML.Q8_0,
+    GGML.Q8_1,
+    GGML.Q2_K,
+    GGML.Q4_K,
+    GGML.Q6_K,
+    GGML.Q8_K,
+    GGML.IQ4_NL,
+    GGML.IQ2_XXS,
+    GGML.TQ1_0,
+    GGML.MXFP4,
+)
 _BAD_DTYPE_IDS = (4, 5, 31, 42, 255, 2**32 - 1)
 _TENSOR_ROLES = {
     "norm": lambda n: n.endswith(b"norm.weight"),
@@ -826,8 +997,20 @@ def _tensor_offset(doc: Gguf, rng: random.Random) -> tuple[str, str]:
     data_size = doc.source_size - doc.data_start
     other = rng.choice(doc.tensors).offset
     a = doc.alignment
-    choices = (0, t.offset + 1, t.offset - 1, t.offset + a, other, data_size, data_size - 1, data_size - a, 2**32,
-               2**63, 2**64 - 1, 2**64 - a)
+    choices = (
+        0,
+        t.offset + 1,
+        t.offset - 1,
+        t.offset + a,
+        other,
+        data_size,
+        data_size - 1,
+        data_size - a,
+        2**32,
+        2**63,
+        2**64 - 1,
+        2**64 - a,
+    )
     t.offset = rng.choice([o for o in choices if o != t.offset and o >= 0])
     return label, f"offset {t.offset}"
 
@@ -836,8 +1019,19 @@ def _tensor_name(doc: Gguf, rng: random.Random) -> tuple[str, str]:
     i, role = _pick_tensor(doc, rng)
     t = doc.tensors[i]
     label = _tensor_label(t, role)
-    kind = rng.choice(("missing", "duplicate", "63 chars", "64 chars", "long", "empty", "invalid utf-8",
-                       "nul inside", "beyond block_count"))
+    kind = rng.choice(
+        (
+            "missing",
+            "duplicate",
+            "63 chars",
+            "64 chars",
+            "long",
+            "empty",
+            "invalid utf-8",
+            "nul inside",
+            "beyond block_count",
+        )
+    )
     t.name = {
         "missing": lambda: t.name + b"X",
         "duplicate": lambda: rng.choice(doc.tensors).name,
@@ -862,8 +1056,15 @@ def _tensor_count(doc: Gguf, rng: random.Random) -> tuple[str, str]:
     elif kind == "duplicate":
         doc.tensors.insert(rng.randrange(len(doc.tensors) + 1), dataclasses.replace(t))
     elif kind == "extra":
-        name = rng.choice((b"rope_freqs.weight", b"blk.0.extra.weight", b"blk.%d.attn_norm.weight" % doc.n_layer,
-                           b"output.weight", b"blk.0.ffn_gate_exps.weight"))
+        name = rng.choice(
+            (
+                b"rope_freqs.weight",
+                b"blk.0.extra.weight",
+                b"blk.%d.attn_norm.weight" % doc.n_layer,
+                b"output.weight",
+                b"blk.0.ffn_gate_exps.weight",
+            )
+        )
         doc.tensors.append(dataclasses.replace(t, name=name))
         label = f"{name.decode()} (a copy of {label})"
     else:
@@ -899,10 +1100,36 @@ def _tensor_values(doc: Gguf, rng: random.Random) -> tuple[str, str]:
     return label, f"{name} ({where})"
 
 
-_TOKENIZER_MODELS = (b"none", b"no_vocab", b"llama", b"bert", b"t5", b"rwkv", b"ugm", b"plamo2", b"", b"gpt2\x00",
-                     b"GPT2", b"bpe", b"x" * 10000, b"\xff\xfe")
-_TOKENIZER_PRES = (b"", b"default", b"llama3", b"llama-bpe", b"deepseek-llm", b"gpt-2", b"qwen2", b"smollm",
-                   b"chatglm-bpe", b"tekken", b"bogus-pre", b"\xff")
+_TOKENIZER_MODELS = (
+    b"none",
+    b"no_vocab",
+    b"llama",
+    b"bert",
+    b"t5",
+    b"rwkv",
+    b"ugm",
+    b"plamo2",
+    b"",
+    b"gpt2\x00",
+    b"GPT2",
+    b"bpe",
+    b"x" * 10000,
+    b"\xff\xfe",
+)
+_TOKENIZER_PRES = (
+    b"",
+    b"default",
+    b"llama3",
+    b"llama-bpe",
+    b"deepseek-llm",
+    b"gpt-2",
+    b"qwen2",
+    b"smollm",
+    b"chatglm-bpe",
+    b"tekken",
+    b"bogus-pre",
+    b"\xff",
+)
 
 
 def _tokenizer_string_key(doc: Gguf, rng: random.Random, key: str, pool: tuple[bytes, ...]) -> tuple[str, str]:
@@ -930,8 +1157,21 @@ def _tokenizer_tokens(doc: Gguf, rng: random.Random) -> tuple[str, str]:
     key = "tokenizer.ggml.tokens"
     tokens = list(doc.tokens)
     n = len(tokens)
-    kind = rng.choice(("all identical", "all empty", "one empty", "shorter", "longer", "invalid utf-8",
-                       "huge token", "nul inside", "special duplicated", "wrong type", "empty list"))
+    kind = rng.choice(
+        (
+            "all identical",
+            "all empty",
+            "one empty",
+            "shorter",
+            "longer",
+            "invalid utf-8",
+            "huge token",
+            "nul inside",
+            "special duplicated",
+            "wrong type",
+            "empty list",
+        )
+    )
     if kind == "all identical":
         tokens = [rng.choice((b"a", tokens[0]))] * n
     elif kind == "all empty":
@@ -939,7 +1179,7 @@ def _tokenizer_tokens(doc: Gguf, rng: random.Random) -> tuple[str, str]:
     elif kind == "one empty":
         tokens[rng.randrange(n)] = b""
     elif kind == "shorter":
-        tokens = tokens[:rng.choice((1, 2, n // 2, n - 1))]
+        tokens = tokens[: rng.choice((1, 2, n // 2, n - 1))]
     elif kind == "longer":
         tokens = tokens + [b"extra%d" % i for i in range(rng.choice((1, n)))]
     elif kind == "invalid utf-8":
@@ -984,10 +1224,30 @@ def _tokenizer_merges(doc: Gguf, rng: random.Random) -> tuple[str, str]:
     key = "tokenizer.ggml.merges"
     old = doc.get(key)
     merges = list(old.items) if isinstance(old, Array) else []
-    kind = rng.choice(("empty", "absent tokens", "no space", "three parts", "leading space", "only space",
-                       "empty string", "duplicates", "invalid utf-8", "wrong type", "removed"))
-    bad = {"absent tokens": b"zzq qqz", "no space": b"ab", "three parts": b"a b c", "leading space": b" a",
-           "only space": b" ", "empty string": b"", "invalid utf-8": b"\xff \xfe"}
+    kind = rng.choice(
+        (
+            "empty",
+            "absent tokens",
+            "no space",
+            "three parts",
+            "leading space",
+            "only space",
+            "empty string",
+            "duplicates",
+            "invalid utf-8",
+            "wrong type",
+            "removed",
+        )
+    )
+    bad = {
+        "absent tokens": b"zzq qqz",
+        "no space": b"ab",
+        "three parts": b"a b c",
+        "leading space": b" a",
+        "only space": b" ",
+        "empty string": b"",
+        "invalid utf-8": b"\xff \xfe",
+    }
     if kind == "empty":
         merges = []
     elif kind in bad:
@@ -1016,9 +1276,22 @@ def _tokenizer_scores(doc: Gguf, rng: random.Random) -> tuple[str, str]:
     return key, f"{TYPE_NAMES[itype]}[{length}] (n_vocab {n}) of {value}"
 
 
-_TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "eot_token_id", "eom_token_id", "unknown_token_id",
-                  "padding_token_id", "seperator_token_id", "cls_token_id", "mask_token_id", "fim_pre_token_id",
-                  "add_bos_token", "add_eos_token", "add_space_prefix", "token_type_count")
+_TOKEN_ID_KEYS = (
+    "bos_token_id",
+    "eos_token_id",
+    "eot_token_id",
+    "eom_token_id",
+    "unknown_token_id",
+    "padding_token_id",
+    "seperator_token_id",
+    "cls_token_id",
+    "mask_token_id",
+    "fim_pre_token_id",
+    "add_bos_token",
+    "add_eos_token",
+    "add_space_prefix",
+    "token_type_count",
+)
 
 
 def _tokenizer_ids(doc: Gguf, rng: random.Random) -> tuple[str, str]:
@@ -1028,7 +1301,7 @@ def _tokenizer_ids(doc: Gguf, rng: random.Random) -> tuple[str, str]:
     if roll < 0.6:
         vtype, value = U32, rng.choice((0, n - 1, n, n + 1, 2**31 - 1, 2**31, 2**32 - 2, 2**32 - 1))
     elif roll < 0.75:
-        vtype, value = I32, rng.choice((-1, -2, -2**31))
+        vtype, value = I32, rng.choice((-1, -2, -(2**31)))
     else:
         vtype, value = _wrong_typed(rng, 2)
     doc.set(key, vtype, value)
@@ -1037,8 +1310,17 @@ def _tokenizer_ids(doc: Gguf, rng: random.Random) -> tuple[str, str]:
 
 def _tokenizer_chat_template(doc: Gguf, rng: random.Random) -> tuple[str, str]:
     key = "tokenizer.chat_template"
-    vtype, value = rng.choice(((STR, b""), (STR, b"\xff\xfe{{"), (STR, b"{% for %}"), (STR, b"{{" * 100000),
-                               (STR, b"\x00"), (U32, 7), (ARR, Array(STR, [b"a", b"b"]))))
+    vtype, value = rng.choice(
+        (
+            (STR, b""),
+            (STR, b"\xff\xfe{{"),
+            (STR, b"{% for %}"),
+            (STR, b"{{" * 100000),
+            (STR, b"\x00"),
+            (U32, 7),
+            (ARR, Array(STR, [b"a", b"b"])),
+        )
+    )
     doc.set(key, vtype, value)
     return key, _typed(vtype, value)
 
@@ -1060,8 +1342,8 @@ def _flips(doc: Gguf, offsets: list[int], rng: random.Random) -> list[tuple[int,
         for offset in offsets:
             src.seek(offset)
             old = src.read(1)[0]
-            new = rng.choice((0x00, 0xff, 0x7f, 0x80, rng.randrange(256)))
-            flips.append((offset, new if new != old else old ^ 0xff))
+            new = rng.choice((0x00, 0xFF, 0x7F, 0x80, rng.randrange(256)))
+            flips.append((offset, new if new != old else old ^ 0xFF))
     return flips
 
 
@@ -1126,8 +1408,14 @@ CLASSES: dict[str, Mutator] = {
 CLASS_NAMES: tuple[str, ...] = tuple(CLASSES)
 # How often a seed picks each class, relative to 1: hyperparameters and consistent dtype or shape edits reach
 # llama.cpp's model code, where crashes hide; most framing damage stops at the first header check.
-CLASS_WEIGHTS: dict[str, int] = {"hparam.value": 4, "hparam.foreign": 3, "hparam.array": 2, "hparam.wrong_type": 2,
-                                 "tensor.dtype_relaid": 3, "tensor.shape_relaid": 2}
+CLASS_WEIGHTS: dict[str, int] = {
+    "hparam.value": 4,
+    "hparam.foreign": 3,
+    "hparam.array": 2,
+    "hparam.wrong_type": 2,
+    "tensor.dtype_relaid": 3,
+    "tensor.shape_relaid": 2,
+}
 
 
 def _pick_class(rng: random.Random, classes: tuple[str, ...] | None) -> str:
@@ -1140,8 +1428,9 @@ def class_of(seed: int, classes: tuple[str, ...] | None = None) -> str:
     return _pick_class(random.Random(seed), classes)
 
 
-def write_mutant(source: str | os.PathLike[str], seed: int, out: str | os.PathLike[str], *,
-                 classes: tuple[str, ...] | None = None) -> Mutation:
+def write_mutant(
+    source: str | os.PathLike[str], seed: int, out: str | os.PathLike[str], *, classes: tuple[str, ...] | None = None
+) -> Mutation:
     """Write a mutant of source to out, of a class seed picks (from classes, if given, else from all); the same
     arguments give the same bytes."""
     unknown = set(classes or ()) - set(CLASSES)
@@ -1160,8 +1449,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("source", type=Path)
     parser.add_argument("seed", type=int)
     parser.add_argument("out", type=Path)
-    parser.add_argument("--classes", nargs="+", choices=CLASS_NAMES, default=None,
-                        help="pick the class from these (default: from all)")
+    parser.add_argument(
+        "--classes", nargs="+", choices=CLASS_NAMES, default=None, help="pick the class from these (default: from all)"
+    )
     args = parser.parse_args(argv)
     print(write_mutant(args.source, args.seed, args.out, classes=args.classes))
 

@@ -82,13 +82,41 @@ TOKENIZER_PRE = "qwen2"
 # "\u0120" is how GPT-2 byte-level BPE spells a space.
 _SP = "\u0120"
 MERGES: tuple[tuple[str, str], ...] = (
-    (_SP, "t"), ("h", "e"), ("i", "n"), ("e", "r"), ("a", "n"), ("o", "n"),
-    ("r", "e"), (_SP, "a"), (_SP + "t", "he"), (_SP, "s"), (_SP, "w"),
-    ("o", "r"), ("e", "n"), ("l", "l"), ("i", "s"), ("a", "t"), ("e", "s"),
-    ("i", "t"), ("in", "g"), ("o", "u"), ("n", "d"), (_SP + "a", "nd"),
-    (_SP, "o"), (_SP + "o", "f"), (_SP + "t", "o"), (_SP, "i"),
-    (_SP + "i", "s"), (_SP, "c"), (_SP, "h"), ("H", "e"), ("He", "ll"),
-    ("Hell", "o"), (_SP + "w", "or"), ("l", "d"), (_SP + "wor", "ld"),
+    (_SP, "t"),
+    ("h", "e"),
+    ("i", "n"),
+    ("e", "r"),
+    ("a", "n"),
+    ("o", "n"),
+    ("r", "e"),
+    (_SP, "a"),
+    (_SP + "t", "he"),
+    (_SP, "s"),
+    (_SP, "w"),
+    ("o", "r"),
+    ("e", "n"),
+    ("l", "l"),
+    ("i", "s"),
+    ("a", "t"),
+    ("e", "s"),
+    ("i", "t"),
+    ("in", "g"),
+    ("o", "u"),
+    ("n", "d"),
+    (_SP + "a", "nd"),
+    (_SP, "o"),
+    (_SP + "o", "f"),
+    (_SP + "t", "o"),
+    (_SP, "i"),
+    (_SP + "i", "s"),
+    (_SP, "c"),
+    (_SP, "h"),
+    ("H", "e"),
+    ("He", "ll"),
+    ("Hell", "o"),
+    (_SP + "w", "or"),
+    ("l", "d"),
+    (_SP + "wor", "ld"),
     (_SP, _SP),
 )
 
@@ -209,37 +237,81 @@ ARCH_SPECS: dict[str, ArchSpec] = {
     "qwen2": ArchSpec(CHATML_CHAT, rms_eps=1e-6, rope_freq_base=1000000.0, tied_output=True, qkv_bias=True),
     "qwen3": ArchSpec(CHATML_CHAT, rms_eps=1e-6, rope_freq_base=1000000.0, tied_output=True, qk_norm="head"),
     "gemma3": ArchSpec(
-        GEMMA_CHAT, rms_eps=1e-6, rope_freq_base=1000000.0, tied_output=True, default_n_layer=GEMMA3_N_LAYER,
-        qk_norm="head", post_norms=True, sliding_window=GEMMA3_SLIDING_WINDOW, swa_pattern=GEMMA3_SWA_PATTERN,
+        GEMMA_CHAT,
+        rms_eps=1e-6,
+        rope_freq_base=1000000.0,
+        tied_output=True,
+        default_n_layer=GEMMA3_N_LAYER,
+        qk_norm="head",
+        post_norms=True,
+        sliding_window=GEMMA3_SLIDING_WINDOW,
+        swa_pattern=GEMMA3_SWA_PATTERN,
         # Gemma 3 rotates local layers with a smaller base than global ones.
         extra_hparams=(("rope.freq_base_swa", 10000.0),),
     ),
     "phi3": ArchSpec(PHI3_CHAT, rms_eps=1e-5, rope_freq_base=10000.0, tied_output=False, qkv="fused", ffn="fused"),
     "gemma2": ArchSpec(
-        GEMMA_CHAT, rms_eps=1e-6, rope_freq_base=10000.0, tied_output=True, post_norms=True,
-        sliding_window=GEMMA3_SLIDING_WINDOW, swa_pattern=2,
+        GEMMA_CHAT,
+        rms_eps=1e-6,
+        rope_freq_base=10000.0,
+        tied_output=True,
+        post_norms=True,
+        sliding_window=GEMMA3_SLIDING_WINDOW,
+        swa_pattern=2,
         extra_hparams=(("attn_logit_softcapping", 50.0), ("final_logit_softcapping", 30.0)),
     ),
     "qwen3moe": ArchSpec(
-        CHATML_CHAT, rms_eps=1e-6, rope_freq_base=1000000.0, tied_output=False, qk_norm="head", ffn="moe",
+        CHATML_CHAT,
+        rms_eps=1e-6,
+        rope_freq_base=1000000.0,
+        tied_output=False,
+        qk_norm="head",
+        ffn="moe",
     ),
     "granite": ArchSpec(
-        CHATML_CHAT, rms_eps=1e-5, rope_freq_base=10000.0, tied_output=True,
-        extra_hparams=(("logit_scale", 8.0), ("residual_scale", 0.22), ("embedding_scale", 12.0),
-                       ("attention.scale", 0.0625)),
+        CHATML_CHAT,
+        rms_eps=1e-5,
+        rope_freq_base=10000.0,
+        tied_output=True,
+        extra_hparams=(
+            ("logit_scale", 8.0),
+            ("residual_scale", 0.22),
+            ("embedding_scale", 12.0),
+            ("attention.scale", 0.0625),
+        ),
     ),
     "olmo2": ArchSpec(
-        CHATML_CHAT, rms_eps=1e-6, rope_freq_base=500000.0, tied_output=False, qk_norm="full", pre_norms=False,
+        CHATML_CHAT,
+        rms_eps=1e-6,
+        rope_freq_base=500000.0,
+        tied_output=False,
+        qk_norm="full",
+        pre_norms=False,
         post_norms=True,
     ),
     "smollm3": ArchSpec(CHATML_CHAT, rms_eps=1e-6, rope_freq_base=2000000.0, tied_output=True),
     "mistral3": ArchSpec(LLAMA3_CHAT, rms_eps=1e-5, rope_freq_base=1000000.0, tied_output=False),
     "gpt-oss": ArchSpec(
-        CHATML_CHAT, rms_eps=1e-5, rope_freq_base=150000.0, tied_output=False, qkv_bias=True, ffn="moe-oai",
-        attn_out_bias=True, attn_sinks=True, sliding_window=GEMMA3_SLIDING_WINDOW, swa_pattern=2,
+        CHATML_CHAT,
+        rms_eps=1e-5,
+        rope_freq_base=150000.0,
+        tied_output=False,
+        qkv_bias=True,
+        ffn="moe-oai",
+        attn_out_bias=True,
+        attn_sinks=True,
+        sliding_window=GEMMA3_SLIDING_WINDOW,
+        swa_pattern=2,
     ),
-    "glm4": ArchSpec(CHATML_CHAT, rms_eps=1e-5, rope_freq_base=10000.0, tied_output=False, qkv_bias=True,
-                     post_norms=True, ffn="fused"),
+    "glm4": ArchSpec(
+        CHATML_CHAT,
+        rms_eps=1e-5,
+        rope_freq_base=10000.0,
+        tied_output=False,
+        qkv_bias=True,
+        post_norms=True,
+        ffn="fused",
+    ),
 }
 
 # Architectures whose K/V pykvd can recompute: the list llama-kvd exports (patches/), which the
@@ -374,9 +446,7 @@ def _expert_tensors(spec: ArchSpec, rng: np.random.Generator) -> Iterator[tuple[
             yield f"ffn_{name}_exps.bias", np.stack([_bias(rng, rows) for _ in range(N_EXPERT)])
 
 
-def _tensors(
-    arch: str, n_layer: int, n_vocab: int, rng: np.random.Generator
-) -> Iterator[tuple[str, np.ndarray]]:
+def _tensors(arch: str, n_layer: int, n_vocab: int, rng: np.random.Generator) -> Iterator[tuple[str, np.ndarray]]:
     spec = ARCH_SPECS[arch]
     yield "token_embd.weight", _matrix(rng, n_vocab, N_EMBD)
     for il in range(n_layer):
@@ -476,8 +546,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Write tiny random-weight GGUF models for tests.")
     parser.add_argument("arch", nargs="?", choices=ARCHITECTURES, help="architecture to write")
     parser.add_argument("out", nargs="?", type=pathlib.Path, help="output .gguf path")
-    parser.add_argument("--all", metavar="OUTDIR", type=pathlib.Path,
-                        help="write OUTDIR/tiny-<arch>.gguf for every architecture")
+    parser.add_argument(
+        "--all", metavar="OUTDIR", type=pathlib.Path, help="write OUTDIR/tiny-<arch>.gguf for every architecture"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n-layer", type=int, default=None)
     args = parser.parse_args(argv)

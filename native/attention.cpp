@@ -22,8 +22,8 @@ int32_t layer_of(const ggml_tensor * t) {
     return std::atoi(t->name + prefix);
 }
 
-void add_rows(std::vector<double> & into, const std::vector<float> & w, int64_t n_kv, int64_t n_rows,
-              int64_t n_head, int64_t first_row) {
+void add_rows(std::vector<double> & into, const std::vector<float> & w, int64_t n_kv, int64_t n_rows, int64_t n_head,
+              int64_t first_row) {
     if ((int64_t) into.size() < n_kv) into.resize(n_kv, 0.0);
     for (int64_t h = 0; h < n_head; ++h) {
         for (int64_t r = first_row; r < n_rows; ++r) {

@@ -17,8 +17,8 @@ namespace {
 using TokenArray = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
 
 std::unique_ptr<Context> create(const Model & model, uint32_t n_ctx, uint32_t n_batch, uint32_t n_ubatch,
-                                int32_t n_threads, int32_t n_threads_batch, int flash_attn,
-                                uint32_t n_seq_max, bool swa_full, bool bounded, int32_t attention_window) {
+                                int32_t n_threads, int32_t n_threads_batch, int flash_attn, uint32_t n_seq_max,
+                                bool swa_full, bool bounded, int32_t attention_window) {
     llama_context_params params = llama_context_default_params();
     params.n_ctx = n_ctx;
     params.n_batch = n_batch;
@@ -75,8 +75,7 @@ int32_t decode(Context & self, const int32_t * tokens, int32_t n, llama_pos pos0
             throw py::value_error("capturing h^(n_layer) needs outputs for every token of the batch");
         }
     }
-    llama_batch batch{n, const_cast<int32_t *>(tokens), nullptr, pos.data(), n_seq.data(), seq_ptr.data(),
-                      want.data()};
+    llama_batch batch{n, const_cast<int32_t *>(tokens), nullptr, pos.data(), n_seq.data(), seq_ptr.data(), want.data()};
     int32_t rc;
     {
         py::gil_scoped_release nogil;
@@ -163,7 +162,8 @@ py::tuple read_kv(Context & self, int32_t il, llama_pos pos, llama_seq_id seq) {
     }
     py::array_t<float> k(info.n_embd_k_gqa), v(info.n_embd_v_gqa);
     const int32_t rc = llama_kvd_read_kv(ctx, il, seq, pos, k.mutable_data(), v.mutable_data());
-    if (rc == LLAMA_KVD_BAD_ARGUMENT) throw py::index_error("layer or sequence out of range, or the layer keeps no K/V");
+    if (rc == LLAMA_KVD_BAD_ARGUMENT)
+        throw py::index_error("layer or sequence out of range, or the layer keeps no K/V");
     if (rc == LLAMA_KVD_NOT_HELD) {
         throw py::key_error("no KV cell of layer " + std::to_string(il) + " holds position " + std::to_string(pos) +
                             " of sequence " + std::to_string(seq));
@@ -196,26 +196,27 @@ py::dict perf(const Context & self) {
 
 void bind_context(py::module_ & m) {
     py::class_<Context> cls(m, "Context");
-    cls
-        .def(py::init(&create), py::arg("model"), py::arg("n_ctx"), py::arg("n_batch"), py::arg("n_ubatch"),
-             py::arg("n_threads"), py::arg("n_threads_batch"), py::arg("flash_attn"), py::arg("n_seq_max") = 1,
-             py::arg("swa_full") = true, py::arg("bounded") = false, py::arg("attention_window") = 0,
-             "bounded: the KV cache gets exactly n_ctx cells (llama.cpp rounds up to 256 otherwise) and\n"
-             "decoding may continue past evicted positions. attention_window > 0: record llama.cpp's\n"
-             "attention weights at every decode (see attention_scores).")
+    cls.def(py::init(&create), py::arg("model"), py::arg("n_ctx"), py::arg("n_batch"), py::arg("n_ubatch"),
+            py::arg("n_threads"), py::arg("n_threads_batch"), py::arg("flash_attn"), py::arg("n_seq_max") = 1,
+            py::arg("swa_full") = true, py::arg("bounded") = false, py::arg("attention_window") = 0,
+            "bounded: the KV cache gets exactly n_ctx cells (llama.cpp rounds up to 256 otherwise) and\n"
+            "decoding may continue past evicted positions. attention_window > 0: record llama.cpp's\n"
+            "attention weights at every decode (see attention_scores).")
         .def("close", &Context::free)
         .def_property_readonly("closed", [](const Context & s) { return s.ctx == nullptr; })
         .def_property_readonly("n_ctx", [](const Context & s) { return llama_n_ctx(s.get()); })
         .def_property_readonly("n_batch", [](const Context & s) { return llama_n_batch(s.get()); })
         .def_property_readonly("n_ubatch", [](const Context & s) { return llama_n_ubatch(s.get()); })
         .def_property_readonly("n_outputs", [](const Context & s) { return s.n_outputs; })
-        .def("decode", &decode_array, py::arg("tokens"), py::arg("pos0"), py::arg("seq_id") = 0,
-             py::arg("outputs") = 1,
+        .def("decode", &decode_array, py::arg("tokens"), py::arg("pos0"), py::arg("seq_id") = 0, py::arg("outputs") = 1,
              "Decode tokens at positions pos0.. ; outputs: 0 none, 1 last token, 2 every token.")
-        .def("decode_token", [](Context & s, int32_t token, llama_pos pos, llama_seq_id seq) {
-            s.get();
-            return decode(s, &token, 1, pos, seq, 1);
-        }, py::arg("token"), py::arg("pos"), py::arg("seq_id") = 0)
+        .def(
+            "decode_token",
+            [](Context & s, int32_t token, llama_pos pos, llama_seq_id seq) {
+                s.get();
+                return decode(s, &token, 1, pos, seq, 1);
+            },
+            py::arg("token"), py::arg("pos"), py::arg("seq_id") = 0)
         .def("set_capture", &set_capture, py::arg("layers"),
              "Capture the residual h^(l) of every decoded token for these layers (empty list: none).")
         .def("captured", &captured, py::arg("layer"),
@@ -228,28 +229,39 @@ void bind_context(py::module_ & m) {
         .def("perf", &perf)
         .def("perf_reset", [](Context & s) { llama_perf_context_reset(s.get()); })
         .def("memory_clear", [](Context & s) { llama_memory_clear(llama_get_memory(s.get()), true); })
-        .def("seq_rm", [](Context & s, llama_seq_id seq, llama_pos p0, llama_pos p1) {
-            return llama_memory_seq_rm(llama_get_memory(s.get()), seq, p0, p1);
-        }, py::arg("seq_id"), py::arg("p0"), py::arg("p1"))
-        .def("seq_pos_max", [](Context & s, llama_seq_id seq) {
-            return llama_memory_seq_pos_max(llama_get_memory(s.get()), seq);
-        }, py::arg("seq_id") = 0)
-        .def("seq_pos_min", [](Context & s, llama_seq_id seq) {
-            return llama_memory_seq_pos_min(llama_get_memory(s.get()), seq);
-        }, py::arg("seq_id") = 0)
-        .def("state_seq_get", [](Context & s, llama_seq_id seq) {
-            llama_context * ctx = s.get();
-            std::string data(llama_state_seq_get_size(ctx, seq), '\0');
-            data.resize(llama_state_seq_get_data(ctx, reinterpret_cast<uint8_t *>(data.data()), data.size(), seq));
-            return py::bytes(data);
-        }, py::arg("seq_id") = 0, "llama.cpp's own serialized state of one sequence (its cells' K/V).")
-        .def("state_seq_set", [](Context & s, const py::bytes & data, llama_seq_id seq) {
-            // Only for bytes that state_seq_get produced: llama.cpp does not validate them fully.
-            const std::string_view view(data);
-            const size_t used = llama_state_seq_set_data(s.get(), reinterpret_cast<const uint8_t *>(view.data()),
-                                                         view.size(), seq);
-            if (used == 0) throw DecodeError("llama.cpp could not load the sequence state\n" + recent_log());
-        }, py::arg("data"), py::arg("seq_id") = 0)
+        .def(
+            "seq_rm",
+            [](Context & s, llama_seq_id seq, llama_pos p0, llama_pos p1) {
+                return llama_memory_seq_rm(llama_get_memory(s.get()), seq, p0, p1);
+            },
+            py::arg("seq_id"), py::arg("p0"), py::arg("p1"))
+        .def(
+            "seq_pos_max",
+            [](Context & s, llama_seq_id seq) { return llama_memory_seq_pos_max(llama_get_memory(s.get()), seq); },
+            py::arg("seq_id") = 0)
+        .def(
+            "seq_pos_min",
+            [](Context & s, llama_seq_id seq) { return llama_memory_seq_pos_min(llama_get_memory(s.get()), seq); },
+            py::arg("seq_id") = 0)
+        .def(
+            "state_seq_get",
+            [](Context & s, llama_seq_id seq) {
+                llama_context * ctx = s.get();
+                std::string data(llama_state_seq_get_size(ctx, seq), '\0');
+                data.resize(llama_state_seq_get_data(ctx, reinterpret_cast<uint8_t *>(data.data()), data.size(), seq));
+                return py::bytes(data);
+            },
+            py::arg("seq_id") = 0, "llama.cpp's own serialized state of one sequence (its cells' K/V).")
+        .def(
+            "state_seq_set",
+            [](Context & s, const py::bytes & data, llama_seq_id seq) {
+                // Only for bytes that state_seq_get produced: llama.cpp does not validate them fully.
+                const std::string_view view(data);
+                const size_t used =
+                    llama_state_seq_set_data(s.get(), reinterpret_cast<const uint8_t *>(view.data()), view.size(), seq);
+                if (used == 0) throw DecodeError("llama.cpp could not load the sequence state\n" + recent_log());
+            },
+            py::arg("data"), py::arg("seq_id") = 0)
         .def("set_threads", [](Context & s, int32_t n, int32_t n_batch) { llama_set_n_threads(s.get(), n, n_batch); });
     bind_reinject(cls);
     bind_ephemeral(cls);

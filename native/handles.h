@@ -20,10 +20,18 @@ namespace py = pybind11;
 namespace pykvd {
 
 // Each maps to the pykvd.errors class of the same meaning.
-struct ClosedError : std::runtime_error { using std::runtime_error::runtime_error; };
-struct ModelLoadError : std::runtime_error { using std::runtime_error::runtime_error; };
-struct DecodeError : std::runtime_error { using std::runtime_error::runtime_error; };
-struct NoRoomError : std::runtime_error { using std::runtime_error::runtime_error; };
+struct ClosedError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+struct ModelLoadError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+struct DecodeError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+struct NoRoomError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
 
 // The last llama.cpp log lines, so that a failure can say what llama.cpp said.
 std::string recent_log();
@@ -34,7 +42,9 @@ void clear_recent_log();
 struct ModelHandle {
     llama_model * model = nullptr;
     explicit ModelHandle(llama_model * m) : model(m) {}
-    ~ModelHandle() { if (model) llama_model_free(model); }
+    ~ModelHandle() {
+        if (model) llama_model_free(model);
+    }
     ModelHandle(const ModelHandle &) = delete;
     ModelHandle & operator=(const ModelHandle &) = delete;
     const llama_vocab * vocab() const { return llama_model_get_vocab(model); }
@@ -63,10 +73,10 @@ struct AttentionRecorder {
 struct Context {
     std::shared_ptr<ModelHandle> model;
     llama_context * ctx = nullptr;
-    int32_t n_outputs = 0;  // logits rows produced by the last decode
-    std::vector<int32_t> capture_layers;  // residual layers captured at each decode (P1)
-    int32_t n_captured = 0;               // rows captured by the last decode (0: none yet)
-    bool bounded = false;                 // exact-size cache that evicts: decode with llama_kvd_decode
+    int32_t n_outputs = 0;                         // logits rows produced by the last decode
+    std::vector<int32_t> capture_layers;           // residual layers captured at each decode (P1)
+    int32_t n_captured = 0;                        // rows captured by the last decode (0: none yet)
+    bool bounded = false;                          // exact-size cache that evicts: decode with llama_kvd_decode
     std::unique_ptr<AttentionRecorder> attention;  // set when the context records attention
     std::mutex lock;
     ~Context() { free(); }

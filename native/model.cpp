@@ -54,16 +54,15 @@ py::dict layer_info(const Model & self, int32_t il) {
     return d;
 }
 
-py::array_t<int32_t> tokenize(const Model & self, const std::string & text, bool add_special,
-                              bool parse_special) {
+py::array_t<int32_t> tokenize(const Model & self, const std::string & text, bool add_special, bool parse_special) {
     const llama_vocab * vocab = self.get().vocab();
     std::vector<llama_token> tokens(text.size() + 8);
-    int32_t n = llama_tokenize(vocab, text.data(), (int32_t) text.size(), tokens.data(),
-                               (int32_t) tokens.size(), add_special, parse_special);
+    int32_t n = llama_tokenize(vocab, text.data(), (int32_t) text.size(), tokens.data(), (int32_t) tokens.size(),
+                               add_special, parse_special);
     if (n < 0) {
         tokens.resize(-n);
-        n = llama_tokenize(vocab, text.data(), (int32_t) text.size(), tokens.data(),
-                           (int32_t) tokens.size(), add_special, parse_special);
+        n = llama_tokenize(vocab, text.data(), (int32_t) text.size(), tokens.data(), (int32_t) tokens.size(),
+                           add_special, parse_special);
     }
     if (n < 0) throw std::runtime_error("tokenization failed");
     return py::array_t<int32_t>(n, tokens.data());
@@ -93,18 +92,17 @@ py::bytes detokenize(const Model & self, py::array_t<int32_t, py::array::c_style
     auto view = tokens.unchecked<1>();
     for (py::ssize_t i = 0; i < view.shape(0); ++i) check_token(vocab, view(i));
     std::vector<char> buf(view.shape(0) * 8 + 16);
-    int32_t n = llama_detokenize(vocab, tokens.data(), (int32_t) view.shape(0), buf.data(),
-                                 (int32_t) buf.size(), remove_special, unparse_special);
+    int32_t n = llama_detokenize(vocab, tokens.data(), (int32_t) view.shape(0), buf.data(), (int32_t) buf.size(),
+                                 remove_special, unparse_special);
     if (n < 0) {
         buf.resize(-n);
-        n = llama_detokenize(vocab, tokens.data(), (int32_t) view.shape(0), buf.data(),
-                             (int32_t) buf.size(), remove_special, unparse_special);
+        n = llama_detokenize(vocab, tokens.data(), (int32_t) view.shape(0), buf.data(), (int32_t) buf.size(),
+                             remove_special, unparse_special);
     }
     return py::bytes(buf.data(), std::max(n, 0));
 }
 
-std::string apply_chat_template(const Model & self, py::object tmpl, const py::list & messages,
-                                bool add_assistant) {
+std::string apply_chat_template(const Model & self, py::object tmpl, const py::list & messages, bool add_assistant) {
     std::string tmpl_text;
     if (tmpl.is_none()) {
         const char * own = llama_model_chat_template(self.get().model, nullptr);
@@ -126,12 +124,12 @@ std::string apply_chat_template(const Model & self, py::object tmpl, const py::l
         total += roles[i].size() + contents[i].size();
     }
     std::vector<char> buf(total * 2 + 256);
-    int32_t n = llama_chat_apply_template(tmpl_text.c_str(), chat.data(), chat.size(), add_assistant,
-                                          buf.data(), (int32_t) buf.size());
+    int32_t n = llama_chat_apply_template(tmpl_text.c_str(), chat.data(), chat.size(), add_assistant, buf.data(),
+                                          (int32_t) buf.size());
     if (n > (int32_t) buf.size()) {
         buf.resize(n);
-        n = llama_chat_apply_template(tmpl_text.c_str(), chat.data(), chat.size(), add_assistant,
-                                      buf.data(), (int32_t) buf.size());
+        n = llama_chat_apply_template(tmpl_text.c_str(), chat.data(), chat.size(), add_assistant, buf.data(),
+                                      (int32_t) buf.size());
     }
     if (n < 0) throw py::value_error("llama.cpp does not support this chat template");
     return std::string(buf.data(), n);
@@ -161,8 +159,13 @@ void bind_model(py::module_ & m) {
         .def(py::init(&load), py::arg("path"), py::arg("n_gpu_layers") = 0, py::arg("use_mmap") = true,
              py::arg("use_extra_bufts") = false)
         .def("close", [](Model & self) { self.handle.reset(); })
-        .def("share", [](const Model & self) { self.get(); return Model{self.handle}; },
-             "Another reference to the same weights, closed independently.")
+        .def(
+            "share",
+            [](const Model & self) {
+                self.get();
+                return Model{self.handle};
+            },
+            "Another reference to the same weights, closed independently.")
         .def_property_readonly("closed", [](const Model & self) { return !self.handle; })
         .def_property_readonly("n_layer", [](const Model & s) { return llama_model_n_layer(s.get().model); })
         .def_property_readonly("n_embd", [](const Model & s) { return llama_model_n_embd(s.get().model); })
@@ -173,18 +176,20 @@ void bind_model(py::module_ & m) {
         .def_property_readonly("n_params", [](const Model & s) { return llama_model_n_params(s.get().model); })
         .def_property_readonly("size", [](const Model & s) { return llama_model_size(s.get().model); })
         .def_property_readonly("n_vocab", [](const Model & s) { return llama_vocab_n_tokens(s.get().vocab()); })
-        .def_property_readonly("description", [](const Model & s) {
-            char buf[256];
-            llama_model_desc(s.get().model, buf, sizeof(buf));
-            return std::string(buf);
-        })
+        .def_property_readonly("description",
+                               [](const Model & s) {
+                                   char buf[256];
+                                   llama_model_desc(s.get().model, buf, sizeof(buf));
+                                   return std::string(buf);
+                               })
         .def("meta", [](const Model & s, const std::string & key) { return meta_string(s.get().model, key.c_str()); })
         .def("metadata", &metadata)
         .def("layer_info", &layer_info, py::arg("layer"))
-        .def("chat_template", [](const Model & s) -> py::object {
-            const char * t = llama_model_chat_template(s.get().model, nullptr);
-            return t ? py::object(py::str(t)) : py::object(py::none());
-        })
+        .def("chat_template",
+             [](const Model & s) -> py::object {
+                 const char * t = llama_model_chat_template(s.get().model, nullptr);
+                 return t ? py::object(py::str(t)) : py::object(py::none());
+             })
         .def("apply_chat_template", &apply_chat_template, py::arg("template"), py::arg("messages"),
              py::arg("add_assistant"))
         .def("tokenize", &tokenize, py::arg("text"), py::arg("add_special"), py::arg("parse_special"))

@@ -75,24 +75,34 @@ PYBIND11_MODULE(_native, m) {
     llama_log_set(on_log, nullptr);
     llama_backend_init();
 
-    m.def("set_log_to_stderr", [](bool on) {
-        std::lock_guard<std::mutex> guard(log_mutex);
-        log_to_stderr = on;
-    }, "Echo llama.cpp's log to stderr (it is always kept for error messages).");
+    m.def(
+        "set_log_to_stderr",
+        [](bool on) {
+            std::lock_guard<std::mutex> guard(log_mutex);
+            log_to_stderr = on;
+        },
+        "Echo llama.cpp's log to stderr (it is always kept for error messages).");
     m.def("recent_log", &recent_log, "The last lines llama.cpp logged.");
     m.def("system_info", [] { return std::string(llama_print_system_info()); });
     m.def("version", [] { return std::string(llama_version()); });
-    m.def("arch_known", [](const std::string & arch) { return llama_kvd_arch_known(arch.c_str()); },
-          "True if this llama.cpp build can load the GGUF architecture name.");
-    m.def("kvd_architectures", [] {
-        py::list names;
-        for (const char * const * name = llama_kvd_architectures(); *name != nullptr; ++name) names.append(*name);
-        return py::tuple(names);
-    }, "The GGUF architectures whose graphs carry the llama-kvd layer hooks (capture, re-injection, kvdirect).");
-    m.def("kvd_unsupported_reason", [](const std::string & arch) -> py::object {
-        const char * reason = llama_kvd_arch_unsupported_reason(arch.c_str());
-        return reason == nullptr ? py::object(py::none()) : py::object(py::str(reason));
-    }, "None if the architecture is supported, else why capture and re-injection are not available for it.");
+    m.def(
+        "arch_known", [](const std::string & arch) { return llama_kvd_arch_known(arch.c_str()); },
+        "True if this llama.cpp build can load the GGUF architecture name.");
+    m.def(
+        "kvd_architectures",
+        [] {
+            py::list names;
+            for (const char * const * name = llama_kvd_architectures(); *name != nullptr; ++name) names.append(*name);
+            return py::tuple(names);
+        },
+        "The GGUF architectures whose graphs carry the llama-kvd layer hooks (capture, re-injection, kvdirect).");
+    m.def(
+        "kvd_unsupported_reason",
+        [](const std::string & arch) -> py::object {
+            const char * reason = llama_kvd_arch_unsupported_reason(arch.c_str());
+            return reason == nullptr ? py::object(py::none()) : py::object(py::str(reason));
+        },
+        "None if the architecture is supported, else why capture and re-injection are not available for it.");
     m.def("supports_gpu_offload", &llama_supports_gpu_offload);
 
     bind_model(m);

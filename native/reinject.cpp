@@ -24,8 +24,7 @@ void check_rows(const Context & self, const Rows & h, py::ssize_t n_blocks, cons
     }
 }
 
-void refill(Context & self, const Rows & h, const Positions & pos, int32_t il_begin, int32_t il_end,
-            llama_seq_id seq) {
+void refill(Context & self, const Rows & h, const Positions & pos, int32_t il_begin, int32_t il_end, llama_seq_id seq) {
     self.get();
     check_rows(self, h, (py::ssize_t) il_end - il_begin, pos);
     int32_t rc;
@@ -52,8 +51,8 @@ py::tuple forward(Context & self, const Rows & h, const Positions & pos, int32_t
         py::gil_scoped_release nogil;
         std::lock_guard<std::mutex> guard(self.lock);
         if (!self.ctx) throw ClosedError("context is closed");
-        rc = llama_kvd_forward(self.ctx, seq, pos.data(), (int32_t) pos.shape(0), il_begin, il_end, h.data(),
-                               h_dst, logits_dst);
+        rc = llama_kvd_forward(self.ctx, seq, pos.data(), (int32_t) pos.shape(0), il_begin, il_end, h.data(), h_dst,
+                               logits_dst);
     }
     raise_for_kvd_status(rc, "forward");
     return py::make_tuple(out, with_logits ? py::object(logits) : py::none());
@@ -63,17 +62,20 @@ py::tuple forward(Context & self, const Rows & h, const Positions & pos, int32_t
 
 void raise_for_kvd_status(int32_t rc, const char * what) {
     switch (rc) {
-        case LLAMA_KVD_OK: return;
+        case LLAMA_KVD_OK:
+            return;
         case LLAMA_KVD_BAD_ARGUMENT:
             throw py::value_error(std::string(what) + ": layer range, sequence or positions out of range");
-        case LLAMA_KVD_NO_ROOM: throw NoRoomError(std::string(what) + ": no free KV cells for the positions");
+        case LLAMA_KVD_NO_ROOM:
+            throw NoRoomError(std::string(what) + ": no free KV cells for the positions");
         case LLAMA_KVD_SHARED_CELL:
             throw py::value_error(std::string(what) + ": a position's cell is shared with another sequence");
         case LLAMA_KVD_MISSING_POSITION:
             throw py::value_error(std::string(what) + ": a position is neither in a cell nor among the ephemeral rows");
         case LLAMA_KVD_UNSUPPORTED:
             throw DecodeError(std::string(what) + ": not available for this architecture or cache type");
-        default: throw DecodeError(std::string(what) + " failed\n" + recent_log());
+        default:
+            throw DecodeError(std::string(what) + " failed\n" + recent_log());
     }
 }
 

@@ -8,7 +8,9 @@ namespace {
 
 struct Sampler {
     llama_sampler * chain = nullptr;
-    ~Sampler() { if (chain) llama_sampler_free(chain); }
+    ~Sampler() {
+        if (chain) llama_sampler_free(chain);
+    }
 };
 
 std::unique_ptr<Sampler> create(const Model & model, float temperature, int32_t top_k, float top_p, float min_p,
@@ -19,7 +21,8 @@ std::unique_ptr<Sampler> create(const Model & model, float temperature, int32_t 
     params.no_perf = true;
     s->chain = llama_sampler_chain_init(params);
     if (repeat_penalty != 1.0f && repeat_last_n != 0) {
-        llama_sampler_chain_add(s->chain, llama_sampler_init_penalties(n_vocab, repeat_last_n, repeat_penalty, 0.0f, 0.0f));
+        llama_sampler_chain_add(s->chain,
+                                llama_sampler_init_penalties(n_vocab, repeat_last_n, repeat_penalty, 0.0f, 0.0f));
     }
     if (temperature <= 0.0f) {
         llama_sampler_chain_add(s->chain, llama_sampler_init_greedy());
@@ -51,7 +54,8 @@ llama_token sample_logits(Sampler & self, const py::array_t<float, py::array::c_
     for (llama_token id = 0; id < (llama_token) cur.size(); ++id) cur[id] = llama_token_data{id, data[id], 0.0f};
     llama_token_data_array cur_p = {cur.data(), cur.size(), -1, false};
     llama_sampler_apply(self.chain, &cur_p);
-    if (cur_p.selected < 0 || cur_p.selected >= (int64_t) cur_p.size) throw std::runtime_error("sampler selected nothing");
+    if (cur_p.selected < 0 || cur_p.selected >= (int64_t) cur_p.size)
+        throw std::runtime_error("sampler selected nothing");
     const llama_token token = cur_p.data[cur_p.selected].id;
     llama_sampler_accept(self.chain, token);
     return token;

@@ -7,6 +7,7 @@ temporary directory, one random-weight GGUF per architecture.
 
 from __future__ import annotations
 
+import inspect
 import subprocess
 import sys
 from pathlib import Path
@@ -98,16 +99,47 @@ def tiny_llama_path(tiny_dir) -> Path:
     return tiny_dir / "tiny-llama.gguf"
 
 
-def run_pykvd(*args: str | bytes, stdin: str | bytes | None = None, timeout: float = 300,
-              text: bool = True) -> subprocess.CompletedProcess:
+def run_pykvd(
+    *args: str | bytes, stdin: str | bytes | None = None, timeout: float = 300, text: bool = True
+) -> subprocess.CompletedProcess:
     """The command line as a user runs it: `python -m pykvd ARGS` in a subprocess (text=False: raw bytes)."""
     if not text and stdin is None:
         stdin = b""
-    return subprocess.run([sys.executable, "-m", "pykvd", *args], input=stdin, capture_output=True, text=text,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "pykvd", *args], input=stdin, capture_output=True, text=text, timeout=timeout
+    )
 
 
 @pytest.fixture
 def pykvd_cli():
     """run_pykvd, for tests that take the command line as a fixture."""
     return run_pykvd
+
+
+# -- tiers ------------------------------------------------------------------------
+# `pytest -m "not real_model and not slow"` is the fast tier: tiny synthetic models only.
+
+_REAL_MODEL_FIXTURES = {"smollm2", "gemma3", "smollm2_path", "gemma3_path", "smollm2_model", "exact_model"}
+# Names that mean a test loads a real model: by name, or through the CLI's default model.
+_REAL_MODEL_WORDS = ("smollm2", "gemma3", "pykvd_cli(", "run_pykvd(", "README", "DEFAULT_MODEL")
+
+
+def _uses_real_model(item) -> bool:
+    if _REAL_MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return True
+    try:
+        source = inspect.getsource(item.function)
+    except (OSError, TypeError, AttributeError):
+        return False
+    return any(word in source for word in _REAL_MODEL_WORDS)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "real_model: loads SmolLM2 or Gemma 3 (fetched once into pykvd's cache)")
+    config.addinivalue_line("markers", "slow: takes minutes (the fuzzer's samples)")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if _uses_real_model(item):
+            item.add_marker(pytest.mark.real_model)

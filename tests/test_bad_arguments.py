@@ -12,8 +12,7 @@ import pytest
 
 import pykvd
 from pykvd import BudgetError, PromptError, PykvdError, SamplingParams
-from pykvd.errors import (ArgumentError, ArgumentTypeError, IndexOutOfRangeError, ModelNotFoundError,
-                          SessionBusyError)
+from pykvd.errors import ArgumentError, ArgumentTypeError, IndexOutOfRangeError, ModelNotFoundError, SessionBusyError
 from pykvd.memory import rss_bytes
 from pykvd.policies import POLICIES, make_policy
 from pykvd.sampling import GREEDY_BELOW
@@ -94,8 +93,7 @@ def test_the_smallest_sampled_temperature_still_samples_the_argmax(smollm2):
     params = SamplingParams(temperature=GREEDY_BELOW, top_k=0, top_p=1.0, min_p=0.0, seed=1)
     assert not params.greedy
     with open_session(smollm2, n_ctx=128) as session:
-        assert session.generate(PROMPT, max_tokens=6, sampling=params, stop_at_eog=False).tokens == \
-            greedy(smollm2)
+        assert session.generate(PROMPT, max_tokens=6, sampling=params, stop_at_eog=False).tokens == greedy(smollm2)
 
 
 # -- the repeat-penalty window ----------------------------------------------------------
@@ -106,16 +104,21 @@ def test_a_huge_repeat_window_is_bounded_by_the_context(tiny_llama):
     context = SamplingParams(repeat_penalty=1.3, repeat_last_n=128)
     before = rss_bytes()
     with open_session(tiny_llama, n_ctx=128) as a, open_session(tiny_llama, n_ctx=128) as b:
-        assert a.generate(PROMPT, max_tokens=8, sampling=huge, stop_at_eog=False).tokens == \
-            b.generate(PROMPT, max_tokens=8, sampling=context, stop_at_eog=False).tokens
+        assert (
+            a.generate(PROMPT, max_tokens=8, sampling=huge, stop_at_eog=False).tokens
+            == b.generate(PROMPT, max_tokens=8, sampling=context, stop_at_eog=False).tokens
+        )
         assert rss_bytes() - before < GiB // 4
 
 
 # -- budgets ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kv_budget", [10**12, 2**31, "99999999999GiB", "9" * 400 + "GiB", "²", "١٢", "1e3",
-                                       "-5", 0, -1], ids=lambda spec: repr(spec)[:16])
+@pytest.mark.parametrize(
+    "kv_budget",
+    [10**12, 2**31, "99999999999GiB", "9" * 400 + "GiB", "²", "١٢", "1e3", "-5", 0, -1],
+    ids=lambda spec: repr(spec)[:16],
+)
 def test_budgets_out_of_range_or_malformed_are_budget_errors(tiny_llama, kv_budget):
     with pytest.raises(BudgetError):
         tiny_llama.session(kv_budget=kv_budget, n_threads=1)
@@ -178,7 +181,7 @@ def test_a_chat_template_must_be_utf8_text(tiny_llama, tiny_llama_path):
 # -- integers the binding would reject (int32 and vocabulary ranges) ------------------------------
 
 
-HUGE = [2**31, 2**40, 2**63, -2**31 - 1, -1]
+HUGE = [2**31, 2**40, 2**63, -(2**31) - 1, -1]
 
 
 def test_every_integer_argument_is_checked_before_the_binding(tiny_llama):
@@ -197,9 +200,11 @@ def test_every_integer_argument_is_checked_before_the_binding(tiny_llama):
                 "capture": lambda: session.capture([value]).__enter__(),
                 "evict": lambda: session.evict([value]),
                 "forward_layers": lambda: session.forward_layers(
-                    np.zeros((1, tiny_llama.info.n_embd), np.float32), [0], value, n_layer),
+                    np.zeros((1, tiny_llama.info.n_embd), np.float32), [0], value, n_layer
+                ),
                 "refill": lambda: session.refill(
-                    np.zeros((1, 1, tiny_llama.info.n_embd), np.float32), [value], range(0, 1)),
+                    np.zeros((1, 1, tiny_llama.info.n_embd), np.float32), [value], range(0, 1)
+                ),
                 "max_tokens": lambda: session.generate(max_tokens=value) if value < 0 else None,
                 "top_k": lambda: SamplingParams(top_k=value),
                 "repeat_last_n": lambda: SamplingParams(repeat_last_n=value),
@@ -247,8 +252,12 @@ def test_a_nested_capture_is_a_busy_error_and_the_first_one_goes_on(tiny_llama):
 def test_special_files_as_models_say_what_they_are(tmp_path):
     fifo = tmp_path / "model.gguf"
     os.mkfifo(fifo)
-    cases = {str(fifo): "FIFO", "/dev/null": "character device", str(tmp_path): "directory",
-             str(tmp_path / "absent.gguf"): "does not exist"}
+    cases = {
+        str(fifo): "FIFO",
+        "/dev/null": "character device",
+        str(tmp_path): "directory",
+        str(tmp_path / "absent.gguf"): "does not exist",
+    }
     for path, kind in cases.items():
         with pytest.raises(ModelNotFoundError, match=kind):
             pykvd.Model(path)
@@ -263,9 +272,14 @@ def test_a_call_during_an_unfinished_stream_is_refused(tiny_llama):
     with open_session(tiny_llama, n_ctx=256) as session, open_session(tiny_llama, n_ctx=256) as alone:
         stream = session.stream(PROMPT, max_tokens=6, stop_at_eog=False)
         first = next(stream)
-        for call in (lambda: session.generate(" more", max_tokens=2), lambda: session.feed(" more"),
-                     lambda: session.chat("hi"), session.reset, lambda: session.stream(max_tokens=2),
-                     lambda: session.capture([0]).__enter__()):
+        for call in (
+            lambda: session.generate(" more", max_tokens=2),
+            lambda: session.feed(" more"),
+            lambda: session.chat("hi"),
+            session.reset,
+            lambda: session.stream(max_tokens=2),
+            lambda: session.capture([0]).__enter__(),
+        ):
             with pytest.raises(SessionBusyError, match="busy"):
                 call()
         rest = "".join(stream)
@@ -285,6 +299,7 @@ def test_a_call_during_an_unfinished_stream_is_refused(tiny_llama):
 def test_a_stream_in_another_thread_holds_the_session(tiny_llama):
     started, finish = threading.Event(), threading.Event()
     with open_session(tiny_llama, n_ctx=256) as session:
+
         def consume():
             stream = session.stream(PROMPT, max_tokens=6, stop_at_eog=False)
             next(stream)
@@ -335,23 +350,29 @@ def test_threads_sharing_a_session_never_interleave_their_histories(tiny_llama):
         n = len(tiny_llama.tokenize(PROMPT))
         for prompt, tokens in done:
             block = tiny_llama.tokenize(prompt, add_special=False).tolist() + tokens
-            assert any(history[i:i + len(block)] == block for i in range(n, len(history))), prompt
+            assert any(history[i : i + len(block)] == block for i in range(n, len(history))), prompt
         assert len(history) == n + sum(len(tiny_llama.tokenize(p, add_special=False)) + len(t) for p, t in done)
 
 
 # -- floats whose float32 scaling would overflow, and verify's step counts ------------------------
 
 
-@pytest.mark.parametrize("settings", [{"temperature": 1e31}, {"repeat_penalty": 1e31}, {"repeat_penalty": 1e-31},
-                                      {"repeat_penalty": 5e-324}], ids=str)
+@pytest.mark.parametrize(
+    "settings",
+    [{"temperature": 1e31}, {"repeat_penalty": 1e31}, {"repeat_penalty": 1e-31}, {"repeat_penalty": 5e-324}],
+    ids=str,
+)
 def test_scales_that_overflow_float32_logits_are_refused(settings):
     with pytest.raises(pykvd.SamplingError):
         SamplingParams(**settings)
 
 
 def test_the_largest_scales_still_generate(tiny_llama):
-    for params in (SamplingParams(temperature=1e30, seed=3), SamplingParams(repeat_penalty=1e30),
-                   SamplingParams(repeat_penalty=1e-30, temperature=0.5, seed=3)):
+    for params in (
+        SamplingParams(temperature=1e30, seed=3),
+        SamplingParams(repeat_penalty=1e30),
+        SamplingParams(repeat_penalty=1e-30, temperature=0.5, seed=3),
+    ):
         with open_session(tiny_llama, n_ctx=128) as session:
             tokens = session.generate(PROMPT, max_tokens=4, sampling=params, stop_at_eog=False).tokens
         assert len(tokens) == 4 and all(0 <= t < tiny_llama.info.n_vocab for t in tokens)

@@ -12,10 +12,10 @@ import textwrap
 import gguf
 import numpy as np
 import pytest
-import synthetic  # models/synthetic.py, put on sys.path by conftest.py
-from gguf_files import write_gguf
 
 import pykvd
+import synthetic  # models/synthetic.py, put on sys.path by conftest.py
+from gguf_files import write_gguf
 from pykvd import (
     ContextOverflowError,
     InvalidModelError,
@@ -131,11 +131,14 @@ def test_known_architecture_without_its_tensors(tmp_path):
 
 # Layer counts that make llama.cpp abort are tested in a subprocess below, so that a
 # regression fails one test instead of killing the whole test run.
-@pytest.mark.parametrize("key, value", [
-    ("llama.attention.head_count", 0),
-    ("llama.embedding_length", 0),
-    ("llama.feed_forward_length", 0),
-])
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("llama.attention.head_count", 0),
+        ("llama.embedding_length", 0),
+        ("llama.feed_forward_length", 0),
+    ],
+)
 def test_impossible_hyperparameters(tmp_path, tiny_llama_path, key, value):
     path = _patched_copy(tiny_llama_path, tmp_path / "odd.gguf", key, value)
     with pytest.raises(InvalidModelError):
@@ -188,21 +191,27 @@ def _bad_file(kind: str, folder, tiny_llama_path):
     return path
 
 
-@pytest.mark.parametrize("kind, exception", [
-    ("truncated header", "InvalidModelError"),
-    ("truncated data", "InvalidModelError"),
-    ("unknown architecture", "UnsupportedArchitectureError"),
-    ("no tensors", "InvalidModelError"),
-    ("zero layers", "InvalidModelError"),
-    ("too many layers", "InvalidModelError"),
-    ("negative rms epsilon", "InvalidModelError"),
-    ("indivisible kv heads", "InvalidModelError"),
-])
+@pytest.mark.parametrize(
+    "kind, exception",
+    [
+        ("truncated header", "InvalidModelError"),
+        ("truncated data", "InvalidModelError"),
+        ("unknown architecture", "UnsupportedArchitectureError"),
+        ("no tensors", "InvalidModelError"),
+        ("zero layers", "InvalidModelError"),
+        ("too many layers", "InvalidModelError"),
+        ("negative rms epsilon", "InvalidModelError"),
+        ("indivisible kv heads", "InvalidModelError"),
+    ],
+)
 def test_bad_files_never_abort_the_process(tmp_path, tiny_llama_path, kind, exception):
     path = _bad_file(kind, tmp_path, tiny_llama_path)
-    result = subprocess.run([sys.executable, "-c", _LOAD_SCRIPT, str(path)], capture_output=True, text=True,
-                            timeout=120, cwd=tmp_path)
-    assert result.returncode == 0, f"exit status {result.returncode} (a negative one is a signal):\n{result.stderr[-2000:]}"
+    result = subprocess.run(
+        [sys.executable, "-c", _LOAD_SCRIPT, str(path)], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert result.returncode == 0, (
+        f"exit status {result.returncode} (a negative one is a signal):\n{result.stderr[-2000:]}"
+    )
     assert result.stdout.split() == ["raised", exception]
 
 
@@ -293,12 +302,15 @@ def test_empty_chat_message(fed):
             fed.chat(message)
 
 
-@pytest.mark.parametrize("bad_message", [
-    [{"role": "user"}],
-    [{"content": "hi"}],
-    ["hi"],
-    [("user", "hi")],
-])
+@pytest.mark.parametrize(
+    "bad_message",
+    [
+        [{"role": "user"}],
+        [{"content": "hi"}],
+        ["hi"],
+        [("user", "hi")],
+    ],
+)
 def test_malformed_chat_messages(fed, tiny_llama, bad_message):
     with pytest.raises(PromptError):
         fed.chat(bad_message)
@@ -306,14 +318,17 @@ def test_malformed_chat_messages(fed, tiny_llama, bad_message):
         tiny_llama.apply_chat_template(bad_message)
 
 
-@pytest.mark.parametrize("ids", [
-    [-1],
-    [5, -7, 6],
-    "vocab",  # [n_vocab]: the first id past the vocabulary
-    [2**40],
-    [2**70],
-    np.array([2**63], dtype=np.uint64),
-])
+@pytest.mark.parametrize(
+    "ids",
+    [
+        [-1],
+        [5, -7, 6],
+        "vocab",  # [n_vocab]: the first id past the vocabulary
+        [2**40],
+        [2**70],
+        np.array([2**63], dtype=np.uint64),
+    ],
+)
 def test_token_ids_out_of_range(fed, tiny_llama, ids):
     if ids == "vocab":
         ids = [tiny_llama.info.n_vocab]
@@ -325,17 +340,20 @@ def test_token_ids_out_of_range(fed, tiny_llama, ids):
         tiny_llama.detokenize(ids)
 
 
-@pytest.mark.parametrize("ids", [
-    [1.5, 2.0],
-    np.array([1, 2], dtype=np.float32),
-    ["1", "2"],
-    [True, False],
-    [[1, 2], [3, 4]],
-    [1, None],
-    7,
-    b"abc",
-    None,
-])
+@pytest.mark.parametrize(
+    "ids",
+    [
+        [1.5, 2.0],
+        np.array([1, 2], dtype=np.float32),
+        ["1", "2"],
+        [True, False],
+        [[1, 2], [3, 4]],
+        [1, None],
+        7,
+        b"abc",
+        None,
+    ],
+)
 def test_token_ids_of_the_wrong_type(fed, tiny_llama, ids):
     with pytest.raises(PromptError):
         fed.feed(ids)
@@ -392,33 +410,37 @@ def test_generate_without_prompt_on_a_fresh_session(tiny_llama):
 # -- sampler settings ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("settings", [
-    {"temperature": -0.1},
-    {"temperature": math.nan},
-    {"temperature": math.inf},
-    {"temperature": "0.8"},
-    {"temperature": None},
-    {"temperature": True},
-    {"top_p": 0.0},
-    {"top_p": 1.5},
-    {"top_p": math.nan},
-    {"min_p": -0.1},
-    {"min_p": 1.1},
-    {"top_k": -1},
-    {"top_k": 2.5},
-    {"top_k": "40"},
-    {"top_k": 2**31},
-    {"repeat_penalty": 0.0},
-    {"repeat_penalty": -1.0},
-    {"repeat_penalty": math.nan},
-    {"repeat_last_n": -1},
-    {"repeat_last_n": 2**40},
-    {"seed": -1},
-    {"seed": 2**32},
-    {"seed": 2**32 - 1},
-    {"seed": 1.0},
-    {"seed": "42"},
-], ids=lambda settings: ",".join(f"{k}={v!r}" for k, v in settings.items()))
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"temperature": -0.1},
+        {"temperature": math.nan},
+        {"temperature": math.inf},
+        {"temperature": "0.8"},
+        {"temperature": None},
+        {"temperature": True},
+        {"top_p": 0.0},
+        {"top_p": 1.5},
+        {"top_p": math.nan},
+        {"min_p": -0.1},
+        {"min_p": 1.1},
+        {"top_k": -1},
+        {"top_k": 2.5},
+        {"top_k": "40"},
+        {"top_k": 2**31},
+        {"repeat_penalty": 0.0},
+        {"repeat_penalty": -1.0},
+        {"repeat_penalty": math.nan},
+        {"repeat_last_n": -1},
+        {"repeat_last_n": 2**40},
+        {"seed": -1},
+        {"seed": 2**32},
+        {"seed": 2**32 - 1},
+        {"seed": 1.0},
+        {"seed": "42"},
+    ],
+    ids=lambda settings: ",".join(f"{k}={v!r}" for k, v in settings.items()),
+)
 def test_bad_sampler_values(settings):
     with pytest.raises(SamplingError) as error:
         SamplingParams(**{"temperature": 0.8, "seed": 1, **settings})
@@ -426,8 +448,9 @@ def test_bad_sampler_values(settings):
 
 
 def test_good_sampler_edge_values():
-    edge = SamplingParams(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0, repeat_last_n=0,
-                          seed=2**32 - 2)
+    edge = SamplingParams(
+        temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0, repeat_last_n=0, seed=2**32 - 2
+    )
     assert edge.greedy
     SamplingParams(temperature=2, top_k=2**31 - 1, top_p=1e-9, min_p=1.0, seed=0)
 
@@ -456,20 +479,24 @@ def test_sampling_must_be_sampling_params(fed):
 # -- session and generation arguments -------------------------------------------
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"n_ctx": 0},
-    {"n_ctx": -1},
-    {"n_ctx": 1.5},
-    {"n_ctx": "64"},
-    {"n_ctx": True},
-    {"n_ctx": 2**32},
-    {"n_batch": 0},
-    {"n_batch": 2**40},
-    {"n_ubatch": 0},
-    {"n_batch": 8, "n_ubatch": 16},
-    {"n_threads": -2},
-    {"n_threads": 0},
-], ids=lambda kwargs: ",".join(f"{k}={v!r}" for k, v in kwargs.items()))
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"n_ctx": 0},
+        {"n_ctx": -1},
+        {"n_ctx": 1.5},
+        {"n_ctx": "64"},
+        {"n_ctx": True},
+        {"n_ctx": 2**32},
+        {"n_batch": 0},
+        {"n_batch": 2**40},
+        {"n_ubatch": 0},
+        {"n_batch": 8, "n_ubatch": 16},
+        {"n_threads": -2},
+        {"n_threads": 0},
+    ],
+    ids=lambda kwargs: ",".join(f"{k}={v!r}" for k, v in kwargs.items()),
+)
 def test_bad_session_arguments(tiny_llama, kwargs):
     with pytest.raises(ValueError):
         tiny_llama.session(**kwargs)
@@ -507,9 +534,17 @@ def test_closed_session(tiny_llama):
     s = open_session(tiny_llama, n_ctx=64)
     s.feed(PROMPT)
     s.close()
-    for use in (lambda: s.feed(PROMPT), lambda: s.generate(max_tokens=1), lambda: s.generate(PROMPT),
-                lambda: s.stream(PROMPT), lambda: s.chat("Hi"), s.logits, lambda: s.tokens, lambda: s.stats,
-                s.reset):
+    for use in (
+        lambda: s.feed(PROMPT),
+        lambda: s.generate(max_tokens=1),
+        lambda: s.generate(PROMPT),
+        lambda: s.stream(PROMPT),
+        lambda: s.chat("Hi"),
+        s.logits,
+        lambda: s.tokens,
+        lambda: s.stats,
+        s.reset,
+    ):
         with pytest.raises(SessionClosedError):
             use()
     s.close()
@@ -526,8 +561,15 @@ def test_session_on_a_closed_model(tiny_llama_path):
 
 
 def test_the_exception_hierarchy():
-    for cls in (ModelNotFoundError, InvalidModelError, UnsupportedArchitectureError, PromptError,
-                ContextOverflowError, SamplingError, SessionClosedError):
+    for cls in (
+        ModelNotFoundError,
+        InvalidModelError,
+        UnsupportedArchitectureError,
+        PromptError,
+        ContextOverflowError,
+        SamplingError,
+        SessionClosedError,
+    ):
         assert issubclass(cls, PykvdError)
     assert issubclass(ModelNotFoundError, FileNotFoundError)
     for cls in (InvalidModelError, UnsupportedArchitectureError, PromptError, ContextOverflowError, SamplingError):

@@ -54,14 +54,17 @@ def test_bad_budgets(smollm2, budget):
         smollm2.session(kv_budget=budget, policy="window")
 
 
-@pytest.mark.parametrize("kwargs, error", [
-    (dict(kv_budget=64, policy="h2oo"), PolicyError),
-    (dict(kv_budget=64, policy="full"), PolicyError),
-    (dict(policy="window"), PolicyError),
-    (dict(kv_budget=64, policy=3), PolicyError),
-    (dict(kv_budget=64, n_sink=-1), PolicyError),
-    (dict(kv_budget=64, n_ctx=512), ValueError),
-])
+@pytest.mark.parametrize(
+    "kwargs, error",
+    [
+        (dict(kv_budget=64, policy="h2oo"), PolicyError),
+        (dict(kv_budget=64, policy="full"), PolicyError),
+        (dict(policy="window"), PolicyError),
+        (dict(kv_budget=64, policy=3), PolicyError),
+        (dict(kv_budget=64, n_sink=-1), PolicyError),
+        (dict(kv_budget=64, n_ctx=512), ValueError),
+    ],
+)
 def test_bad_policy_arguments(smollm2, kwargs, error):
     with pytest.raises(error):
         smollm2.session(**kwargs)
@@ -154,11 +157,11 @@ def test_cli_bounded_run_and_bad_budgets():
     import sys
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "pykvd", *args], capture_output=True, text=True,
-                              timeout=300)
+        return subprocess.run([sys.executable, "-m", "pykvd", *args], capture_output=True, text=True, timeout=300)
 
-    ok = cli("run", "smollm2", "-p", PROMPT, "-n", "40", "--ignore-eos", "--kv-budget", "32", "--policy", "window",
-             "--stats")
+    ok = cli(
+        "run", "smollm2", "-p", PROMPT, "-n", "40", "--ignore-eos", "--kv-budget", "32", "--policy", "window", "--stats"
+    )
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.strip() and "in 32 cells" in ok.stderr and "KV buffer 720.00 KiB" in ok.stderr
     for bad in (["--kv-budget", "0"], ["--kv-budget", "lots"], ["--kv-budget", "64", "--policy", "full"]):
@@ -177,8 +180,16 @@ def test_attention_scores_come_from_llamacpp(request, name):
 
     model = request.getfixturevalue(name)
     ids = model.tokenize(PROMPT)
-    ctx = native.Context(model._handle(), n_ctx=256, n_batch=64, n_ubatch=64, n_threads=1, n_threads_batch=1,
-                         flash_attn=0, attention_window=8)
+    ctx = native.Context(
+        model._handle(),
+        n_ctx=256,
+        n_batch=64,
+        n_ubatch=64,
+        n_threads=1,
+        n_threads_batch=1,
+        flash_attn=0,
+        attention_window=8,
+    )
     ctx.decode(ids, 0, outputs=1)
     positions, total, last, window = ctx.attention_scores()
     assert positions.tolist() == list(range(len(ids)))
@@ -186,8 +197,16 @@ def test_attention_scores_come_from_llamacpp(request, name):
     assert last.sum() == pytest.approx(1.0, rel=1e-6) and window.sum() == pytest.approx(8.0, rel=1e-6)
     assert np.argmax(last) == 0  # the attention sink
     with pytest.raises(ValueError, match="flash attention"):
-        native.Context(model._handle(), n_ctx=256, n_batch=64, n_ubatch=64, n_threads=1, n_threads_batch=1,
-                       flash_attn=1, attention_window=8)
+        native.Context(
+            model._handle(),
+            n_ctx=256,
+            n_batch=64,
+            n_ubatch=64,
+            n_threads=1,
+            n_threads_batch=1,
+            flash_attn=1,
+            attention_window=8,
+        )
 
 
 def test_h2o_keeps_the_recent_half_and_the_heaviest(smollm2):
@@ -235,9 +254,13 @@ def test_cli_chat_prints_memory_every_turn():
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-m", "pykvd", "chat", "smollm2", "--kv-budget", "48", "-n", "24"],
-                            input="Name three colours.\nName three animals.\nAnd three cities?\n",
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "pykvd", "chat", "smollm2", "--kv-budget", "48", "-n", "24"],
+        input="Name three colours.\nName three animals.\nAnd three cities?\n",
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     turns = [line for line in result.stderr.splitlines() if "cells |" in line]
     assert [line.split(":")[1].strip() for line in turns] == ["turn 1", "turn 2", "turn 3"]

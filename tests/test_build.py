@@ -34,8 +34,12 @@ def project_copy(root: Path) -> Path:
 
 
 def configure(src: Path, build: Path, *defines: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["cmake", "-S", str(src), "-B", str(build), f"-DPython_EXECUTABLE={sys.executable}",
-                           *defines], capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        ["cmake", "-S", str(src), "-B", str(build), f"-DPython_EXECUTABLE={sys.executable}", *defines],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def messages(result: subprocess.CompletedProcess) -> str:
@@ -88,14 +92,21 @@ def test_the_installed_library_exports_the_architecture_list():
 
 
 def _patch_lines(path: Path) -> list[str]:
-    return [line for line in path.read_text().splitlines() if line.startswith(("+", "-"))
-            and not line.startswith(("+++", "---"))]
+    return [
+        line
+        for line in path.read_text().splitlines()
+        if line.startswith(("+", "-")) and not line.startswith(("+++", "---"))
+    ]
 
 
 def test_the_patches_keep_no_global_state():
     """Per-call state travels in graph params and arguments, not in thread-locals or globals."""
-    added = [line for patch in sorted((REPO / "patches").glob("*.patch")) for line in _patch_lines(patch)
-             if line.startswith("+")]
+    added = [
+        line
+        for patch in sorted((REPO / "patches").glob("*.patch"))
+        for line in _patch_lines(patch)
+        if line.startswith("+")
+    ]
     assert not [line for line in added if "thread_local" in line]
     assert not [line for line in added if line.startswith("+static") and "(" not in line and "const" not in line]
 

@@ -41,7 +41,7 @@ def test_every_layer_every_token_any_batching(request, name):
 def test_h0_depends_only_on_the_token(smollm2):
     cap, tokens = capture_run(smollm2, [0, 1])
     h0, h1 = cap.residuals[0], cap.residuals[1]
-    ids = np.asarray(tokens[:len(h0)])
+    ids = np.asarray(tokens[: len(h0)])
     first, again = [int(i) for i in np.flatnonzero(ids == ids[2])[:2]]
     assert first != again
     assert np.array_equal(h0[first], h0[again])  # the embedding has no position

@@ -23,8 +23,6 @@ PROMPT = "The three primary colors are"
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
-
-
 def assert_one_line_error(result, case="") -> None:
     stderr = result.stderr if isinstance(result.stderr, str) else result.stderr.decode("utf-8", "replace")
     assert result.returncode == 2, (case, result.returncode, stderr)
@@ -141,12 +139,31 @@ def test_chat_stats_show_memory_per_turn(pykvd_cli):
     assert "turn 1" in result.stderr and "turn 2" in result.stderr and "KV buffer" in result.stderr
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("smollm2", {"architecture": "llama", "full F16 KV, all layers": 23040, "one F32 residual": 2304,
-                 "F32 residuals at every layer": 69120, "token id": 4}),
-    ("gemma3", {"architecture": "gemma3", "full F16 KV, all layers": 18432, "one F32 residual": 2560,
-                "F32 residuals at every layer": 46080, "token id": 4}),
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        (
+            "smollm2",
+            {
+                "architecture": "llama",
+                "full F16 KV, all layers": 23040,
+                "one F32 residual": 2304,
+                "F32 residuals at every layer": 69120,
+                "token id": 4,
+            },
+        ),
+        (
+            "gemma3",
+            {
+                "architecture": "gemma3",
+                "full F16 KV, all layers": 18432,
+                "one F32 residual": 2560,
+                "F32 residuals at every layer": 46080,
+                "token id": 4,
+            },
+        ),
+    ],
+)
 def test_info_state_table(name, expected, pykvd_cli):
     result = pykvd_cli("info", name, "--json", "--measure-ctx", "2048")
     assert result.returncode == 0, result.stderr
@@ -222,9 +239,21 @@ def test_unparsable_option_exits_2(pykvd_cli):
     assert "invalid float value" in result.stderr
 
 
-@pytest.mark.parametrize("args", [[], ["run"], ["run", "-p", "hi", "--no-such-option"], ["run", "-p", "a", "-f", "b"],
-                                  ["run", "--raw", "--chat", "-p", "hi"], ["plan", "smollm2"], ["models", "fetch", "x"],
-                                  ["run", "-p", "hi", "-n", "many"], ["nonsense"]], ids=" ".join)
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["run"],
+        ["run", "-p", "hi", "--no-such-option"],
+        ["run", "-p", "a", "-f", "b"],
+        ["run", "--raw", "--chat", "-p", "hi"],
+        ["plan", "smollm2"],
+        ["models", "fetch", "x"],
+        ["run", "-p", "hi", "-n", "many"],
+        ["nonsense"],
+    ],
+    ids=" ".join,
+)
 def test_command_line_mistakes_are_one_line_errors(args, pykvd_cli):
     assert_one_line_error(pykvd_cli(*args), args)
 
@@ -236,8 +265,11 @@ def test_help_still_prints_usage(pykvd_cli):
 
 
 def test_text_that_is_not_utf8_is_one_error_line_or_replaced(tmp_path, pykvd_cli):
-    for args in (["run", "--chat", "-p", b"\xff\xfe"], ["run", "--raw", "-p", b"caf\xe9"],
-                 ["chat", "--system", b"\xff", "-n", "2"]):
+    for args in (
+        ["run", "--chat", "-p", b"\xff\xfe"],
+        ["run", "--raw", "-p", b"caf\xe9"],
+        ["chat", "--system", b"\xff", "-n", "2"],
+    ):
         assert_one_line_error(pykvd_cli(*args, stdin=b"hi\n", text=False), args)
     bad_file = tmp_path / "prompt.txt"
     bad_file.write_bytes(b"caf\xe9\n")

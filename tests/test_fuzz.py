@@ -8,8 +8,9 @@ import time
 from pathlib import Path
 
 import gguf
-import mutants  # models/mutants.py, put on sys.path by conftest.py
 import pytest
+
+import mutants  # models/mutants.py, put on sys.path by conftest.py
 import synthetic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
@@ -26,11 +27,17 @@ def _run_sample(seeds, mode: str, workdir):
     results = fuzz.run_seeds(list(seeds), fuzz.RunSettings(mode=mode), workers=2, workdir=workdir)
     wall = time.perf_counter() - start
     summary = fuzz.summarize(results)
-    report = (f"{len(results)} mutants ({mode}) in {wall:.0f} s: "
-              + ", ".join(f"{n} {o}" for o, n in summary["totals"].items()) + "\n" + fuzz.failure_lines(summary))
+    report = (
+        f"{len(results)} mutants ({mode}) in {wall:.0f} s: "
+        + ", ".join(f"{n} {o}" for o, n in summary["totals"].items())
+        + "\n"
+        + fuzz.failure_lines(summary)
+    )
     return summary, wall, report
 
 
+@pytest.mark.slow
+@pytest.mark.real_model  # a tenth of the mutants come from SmolLM2
 def test_no_mutant_crashes_hangs_or_escapes_the_cli(tmp_path):
     summary, wall, report = _run_sample(CI_SEEDS, "cli", tmp_path)
     assert summary["mutants"] == len(CI_SEEDS)
@@ -41,6 +48,8 @@ def test_no_mutant_crashes_hangs_or_escapes_the_cli(tmp_path):
     assert wall < CI_BUDGET_S, report
 
 
+@pytest.mark.slow
+@pytest.mark.real_model
 def test_no_mutant_escapes_the_api_as_anything_but_a_pykvd_error(tmp_path):
     summary, _, report = _run_sample(API_SEEDS, "api", tmp_path)
     failures = {o: summary["totals"][o] for o in fuzz.FAILURES}
@@ -53,8 +62,9 @@ def test_no_mutant_escapes_the_api_as_anything_but_a_pykvd_error(tmp_path):
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory):
     folder = tmp_path_factory.mktemp("fuzz-sources")
-    return {arch: synthetic.write_tiny_gguf(arch, folder / f"tiny-{arch}.gguf", seed=0)
-            for arch in synthetic.ARCHITECTURES}
+    return {
+        arch: synthetic.write_tiny_gguf(arch, folder / f"tiny-{arch}.gguf", seed=0) for arch in synthetic.ARCHITECTURES
+    }
 
 
 def test_sample_covers_every_source_and_class():
@@ -96,8 +106,8 @@ def test_mutants_carry_what_gguf_writers_refuse(tmp_path, sources):
     with pytest.raises(UnicodeDecodeError):
         gguf.GGUFReader(tmp_path / "odd.gguf")
     assert [(t.name, t.offset) for t in back.tensors] == [(t.name, t.offset) for t in doc.tensors]
-    data = (tmp_path / "odd.gguf").read_bytes()[back.data_start:]
-    assert data == source.read_bytes()[doc.data_start:]
+    data = (tmp_path / "odd.gguf").read_bytes()[back.data_start :]
+    assert data == source.read_bytes()[doc.data_start :]
 
 
 def test_a_relaid_dtype_swap_keeps_every_extent_consistent(tmp_path, sources):
@@ -118,15 +128,18 @@ def test_a_relaid_dtype_swap_keeps_every_extent_consistent(tmp_path, sources):
     assert all(bytes(written[n].data) == bytes(original[n].data) for n in original if n != "output_norm.weight")
 
 
-@pytest.mark.parametrize("returncode, stderr, outcome", [
-    (0, "", "ok"),
-    (0, "some warning\n", "ok"),
-    (2, "pykvd: error: bad file\n", "refused"),
-    (2, "pykvd: loading\npykvd: error: bad file\n", "bad"),
-    (2, "Traceback (most recent call last):\n  ...\nValueError: x\n", "bad"),
-    (1, "pykvd: error: bad file\n", "bad"),
-    (-6, "GGML_ASSERT failed\n", "crash"),
-    (None, "", "hang"),
-])
+@pytest.mark.parametrize(
+    "returncode, stderr, outcome",
+    [
+        (0, "", "ok"),
+        (0, "some warning\n", "ok"),
+        (2, "pykvd: error: bad file\n", "refused"),
+        (2, "pykvd: loading\npykvd: error: bad file\n", "bad"),
+        (2, "Traceback (most recent call last):\n  ...\nValueError: x\n", "bad"),
+        (1, "pykvd: error: bad file\n", "bad"),
+        (-6, "GGML_ASSERT failed\n", "crash"),
+        (None, "", "hang"),
+    ],
+)
 def test_outcomes(returncode, stderr, outcome):
     assert fuzz.classify(returncode, stderr) == outcome

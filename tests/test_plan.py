@@ -13,8 +13,16 @@ from pykvd.plan import plan, weights_per_layer
 
 def test_rows_for_every_policy_and_checkpoint_kind(smollm2):
     rows = {(r.policy, r.checkpoint): r for r in plan(smollm2, 4096, 512)}
-    assert set(rows) == {("full", "-"), ("window", "-"), ("streaming", "-"), ("h2o", "-"), ("tova", "-"),
-                         ("snapkv", "-"), ("kvdirect", "tokens"), ("kvdirect", "residuals")}
+    assert set(rows) == {
+        ("full", "-"),
+        ("window", "-"),
+        ("streaming", "-"),
+        ("h2o", "-"),
+        ("tova", "-"),
+        ("snapkv", "-"),
+        ("kvdirect", "tokens"),
+        ("kvdirect", "residuals"),
+    }
     assert rows["full", "-"].kv_bytes == 4096 * 23040 == 8 * rows["window", "-"].kv_bytes
     assert rows["streaming", "-"].forgotten_tokens == 3584 and not rows["streaming", "-"].exact
     tokens, residuals = rows["kvdirect", "tokens"], rows["kvdirect", "residuals"]
@@ -34,8 +42,9 @@ def test_layer_weights_come_from_the_gguf(smollm2, gemma3):
 
 def test_cli(tmp_path):
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "pykvd", "plan", *args], capture_output=True, text=True,
-                              timeout=300)
+        return subprocess.run(
+            [sys.executable, "-m", "pykvd", "plan", *args], capture_output=True, text=True, timeout=300
+        )
 
     result = cli("smollm2", "--context", "2048", "--kv-budget", "256", "--json")
     assert result.returncode == 0, result.stderr
@@ -43,8 +52,11 @@ def test_cli(tmp_path):
     assert report["budget_tokens"] == 256 and len(report["rows"]) == 8
     table = cli("gemma3", "--context", "2048", "--kv-budget", "4MiB")
     assert table.returncode == 0 and "kvdirect   residuals" in table.stdout
-    for bad in (["--context", "0", "--kv-budget", "64"], ["--context", "100", "--kv-budget", "2"],
-                ["--context", "100", "--kv-budget", "nonsense"]):
+    for bad in (
+        ["--context", "0", "--kv-budget", "64"],
+        ["--context", "100", "--kv-budget", "2"],
+        ["--context", "100", "--kv-budget", "nonsense"],
+    ):
         result = cli("smollm2", *bad)
         assert result.returncode == 2 and result.stderr.startswith("pykvd: error:")
 

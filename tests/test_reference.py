@@ -26,8 +26,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from pykvd import models, paths
-from pykvd import Model
+from pykvd import Model, models, paths
 from pykvd.profile import FLASH_ATTN_AUTO, FLASH_ATTN_OFF, TILED_MM_ENV
 from pykvd.session import FINISH_LENGTH, FINISH_STOP, Session
 
@@ -96,11 +95,37 @@ def exact_model(request):
         yield request.param, model
 
 
-def run_reference(program: str, model_path, prompt: str, *, n_predict: int, n_ctx: int, n_batch: int,
-                  flash_attn: int = FLASH_ATTN_OFF, extra_bufts: bool = False, ignore_eos: bool = True) -> dict:
-    cmd = [program, "-m", str(model_path), "-p", prompt, "-n", str(n_predict), "-c", str(n_ctx),
-           "-b", str(n_batch), "-t", str(N_THREADS), "--flash-attn", str(flash_attn),
-           "--extra-bufts", "1" if extra_bufts else "0"]
+def run_reference(
+    program: str,
+    model_path,
+    prompt: str,
+    *,
+    n_predict: int,
+    n_ctx: int,
+    n_batch: int,
+    flash_attn: int = FLASH_ATTN_OFF,
+    extra_bufts: bool = False,
+    ignore_eos: bool = True,
+) -> dict:
+    cmd = [
+        program,
+        "-m",
+        str(model_path),
+        "-p",
+        prompt,
+        "-n",
+        str(n_predict),
+        "-c",
+        str(n_ctx),
+        "-b",
+        str(n_batch),
+        "-t",
+        str(N_THREADS),
+        "--flash-attn",
+        str(flash_attn),
+        "--extra-bufts",
+        "1" if extra_bufts else "0",
+    ]
     if ignore_eos:
         cmd.append("--ignore-eos")
     # The same process-wide kernel switch as in this process (pykvd set it to 0 on import).
@@ -121,8 +146,10 @@ def assert_same(ref: dict, model: Model, session: Session, gen, text: str) -> No
     ids = [int(t) for t in model.tokenize(text)]
     assert ids == ref["prompt_tokens"], "prompt tokenization differs from llama.cpp's"
     assert gen.n_prompt_tokens == len(ref["prompt_tokens"])
-    first = next((i for i, (a, b) in enumerate(zip(gen.tokens, ref["tokens"])) if a != b),
-                 min(len(gen.tokens), len(ref["tokens"])))
+    first = next(
+        (i for i, (a, b) in enumerate(zip(gen.tokens, ref["tokens"])) if a != b),
+        min(len(gen.tokens), len(ref["tokens"])),
+    )
     assert gen.tokens == ref["tokens"], (
         f"generated tokens differ from index {first}\n  pykvd:     {gen.tokens}\n  llama.cpp: {ref['tokens']}"
     )
@@ -152,8 +179,15 @@ def test_greedy_matches_llama_cpp(reference, exact_model, case: Case):
     n_predict = MAX_TOKENS[name]
     assert len(model.tokenize(text)) >= case.min_prompt_tokens, "prompt too short for this case"
 
-    ref = run_reference(reference, model.path, text, n_predict=n_predict, n_ctx=N_CTX, n_batch=case.n_batch,
-                        ignore_eos=not case.stop_at_eog)
+    ref = run_reference(
+        reference,
+        model.path,
+        text,
+        n_predict=n_predict,
+        n_ctx=N_CTX,
+        n_batch=case.n_batch,
+        ignore_eos=not case.stop_at_eog,
+    )
     with Session(model, n_ctx=N_CTX, n_batch=case.n_batch, n_ubatch=case.n_batch, n_threads=N_THREADS) as session:
         gen = session.generate(text, max_tokens=n_predict, stop_at_eog=case.stop_at_eog)
         assert_same(ref, model, session, gen, text)
@@ -171,8 +205,16 @@ def test_fast_profile_matches_llama_cpp_with_same_settings(reference, name):
     with Model(models.fetch(name), exact=False) as model:
         assert model.profile.flash_attn == FLASH_ATTN_AUTO and model.profile.extra_bufts
         assert not model.profile.is_exact
-        ref = run_reference(reference, model.path, SHORT_PROMPT, n_predict=n_predict, n_ctx=N_CTX, n_batch=512,
-                            flash_attn=FLASH_ATTN_AUTO, extra_bufts=True)
+        ref = run_reference(
+            reference,
+            model.path,
+            SHORT_PROMPT,
+            n_predict=n_predict,
+            n_ctx=N_CTX,
+            n_batch=512,
+            flash_attn=FLASH_ATTN_AUTO,
+            extra_bufts=True,
+        )
         with Session(model, n_ctx=N_CTX, n_batch=512, n_threads=N_THREADS) as session:
             assert session.profile == model.profile
             gen = session.generate(SHORT_PROMPT, max_tokens=n_predict, stop_at_eog=False)
@@ -187,8 +229,21 @@ def test_cli_run_matches_llama_cpp(reference, name, mode):
     path = models.fetch(name)
     n_predict = MAX_TOKENS[name]
     content = CHAT_MESSAGES[0]["content"]
-    args = ["run", str(path), "-p", content, "-n", str(n_predict), "--ignore-eos", "-c", str(N_CTX),
-            "-b", "512", "-t", str(N_THREADS)]
+    args = [
+        "run",
+        str(path),
+        "-p",
+        content,
+        "-n",
+        str(n_predict),
+        "--ignore-eos",
+        "-c",
+        str(N_CTX),
+        "-b",
+        "512",
+        "-t",
+        str(N_THREADS),
+    ]
     with Model(path) as model:
         if mode == "--raw":
             text, args = content, args + ["--raw"]
@@ -197,8 +252,9 @@ def test_cli_run_matches_llama_cpp(reference, name, mode):
             args += [] if model.chat_template else ["--chat-template", BUILTIN_TEMPLATES[name]]
         ref = run_reference(reference, path, text, n_predict=n_predict, n_ctx=N_CTX, n_batch=512)
         expected = b"".join(model.token_to_bytes(t) for t in ref["tokens"]).decode("utf-8", errors="replace")
-    cli = subprocess.run([sys.executable, "-m", "pykvd", *args], capture_output=True, text=True,
-                         timeout=REFERENCE_TIMEOUT_S)
+    cli = subprocess.run(
+        [sys.executable, "-m", "pykvd", *args], capture_output=True, text=True, timeout=REFERENCE_TIMEOUT_S
+    )
     assert cli.returncode == 0, cli.stderr
     assert len(ref["tokens"]) == n_predict
     assert cli.stdout == expected + "\n"

@@ -206,10 +206,29 @@ def test_the_c_api_compiles_and_runs_from_c(tmp_path):
         "    int a = llama_kvd_refill(NULL, 0, pos, 1, 0, 1, h);\n"
         "    int b = llama_kvd_forward(NULL, 0, pos, 1, 0, 1, h, out, NULL);\n"
         '    printf("%d %d %d\\n", a, b, LLAMA_KVD_NO_ROOM);\n'
-        "    return 0;\n}\n")
+        "    return 0;\n}\n"
+    )
     binary = tmp_path / "kvd"
     lib = paths.lib_dir()
-    subprocess.run([compiler, "-std=c11", str(source), "-I", str(paths.include_dir()), "-L", str(lib), "-lllama",
-                    f"-Wl,-rpath,{lib}", "-o", str(binary)], check=True, capture_output=True)
-    assert subprocess.run([str(binary)], capture_output=True, text=True, check=True).stdout.split() == \
-        ["-1", "-1", "-2"]
+    subprocess.run(
+        [
+            compiler,
+            "-std=c11",
+            str(source),
+            "-I",
+            str(paths.include_dir()),
+            "-L",
+            str(lib),
+            "-lllama",
+            f"-Wl,-rpath,{lib}",
+            "-o",
+            str(binary),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    assert subprocess.run([str(binary)], capture_output=True, text=True, check=True).stdout.split() == [
+        "-1",
+        "-1",
+        "-2",
+    ]

@@ -122,7 +122,10 @@ def test_closed_session(smollm2):
     with session.capture(range(2)) as capture:
         session.feed(PROMPT)
     session.close()
-    for call in (lambda: session.refill(capture, layers=range(0, 2)), lambda: session.evict([0]),
-                 lambda: session.forward_layers(capture.residuals[0], capture.positions, 0, 1)):
+    for call in (
+        lambda: session.refill(capture, layers=range(0, 2)),
+        lambda: session.evict([0]),
+        lambda: session.forward_layers(capture.residuals[0], capture.positions, 0, 1),
+    ):
         with pytest.raises(SessionClosedError):
             call()

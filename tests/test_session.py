@@ -63,7 +63,7 @@ def test_stream_yields_whole_utf8_characters(smollm2):
     prompt = _chat_prompt(smollm2, 'Translate "thank you" into Japanese.')
     with open_session(smollm2, n_ctx=256) as s:
         pieces = list(s.stream(prompt, max_tokens=16))
-        generated = s.tokens[len(prompt):]
+        generated = s.tokens[len(prompt) :]
     raw = [smollm2.token_to_bytes(t) for t in generated]
     assert any(piece.decode("utf-8", errors="replace") != piece.decode("utf-8", errors="ignore") for piece in raw)
     assert len(pieces) < len(generated)  # bytes were held back until their character was whole
@@ -144,8 +144,9 @@ def test_repeat_penalty_changes_greedy_output(smollm2):
     prompt = "one two one two one two one two one two one two"
     with open_session(smollm2, n_ctx=256) as a, open_session(smollm2, n_ctx=256) as b:
         plain = a.generate(prompt, max_tokens=8, stop_at_eog=False).tokens
-        penalized = b.generate(prompt, max_tokens=8, stop_at_eog=False,
-                               sampling=SamplingParams(repeat_penalty=5.0, repeat_last_n=64)).tokens
+        penalized = b.generate(
+            prompt, max_tokens=8, stop_at_eog=False, sampling=SamplingParams(repeat_penalty=5.0, repeat_last_n=64)
+        ).tokens
     assert plain != penalized
 
 
@@ -172,15 +173,20 @@ def test_chat_keeps_the_conversation_and_reuses_the_cache(smollm2):
         assert added <= len(full) - before.n_tokens + 1
         assert added < len(full) / 2
         # The cache holds the re-rendered conversation followed by the reply.
-        assert s.tokens[:len(full)] == full.tolist()
+        assert s.tokens[: len(full)] == full.tolist()
 
 
 def test_chat_accepts_message_dicts_and_lists(smollm2):
-    with open_session(smollm2, n_ctx=512) as a, open_session(smollm2, n_ctx=512) as b, open_session(smollm2, n_ctx=512) as c:
+    with (
+        open_session(smollm2, n_ctx=512) as a,
+        open_session(smollm2, n_ctx=512) as b,
+        open_session(smollm2, n_ctx=512) as c,
+    ):
         as_text = a.chat("Say hi.", max_tokens=6)
         as_dict = b.chat({"role": "user", "content": "Say hi."}, max_tokens=6)
-        as_list = c.chat([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hi."}],
-                         max_tokens=6)
+        as_list = c.chat(
+            [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hi."}], max_tokens=6
+        )
     assert as_text == as_dict
     assert as_list and len(c.messages) == 3
 
@@ -343,6 +349,8 @@ def test_closing_mid_stream(smollm2):
 def test_default_thread_count_gives_the_same_result(smollm2):
     """The default (one thread per CPU) and one thread compute bit-identical logits."""
     with smollm2.session(n_ctx=64) as default, open_session(smollm2, n_ctx=64) as single:
-        assert default.generate(PROMPT, max_tokens=2, stop_at_eog=False).tokens == \
-            single.generate(PROMPT, max_tokens=2, stop_at_eog=False).tokens
+        assert (
+            default.generate(PROMPT, max_tokens=2, stop_at_eog=False).tokens
+            == single.generate(PROMPT, max_tokens=2, stop_at_eog=False).tokens
+        )
         assert np.array_equal(default.logits(), single.logits())

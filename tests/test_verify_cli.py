@@ -7,7 +7,6 @@ import json
 from pykvd.verify import LayerCheck, StepsCheck, VerifyReport, format_report
 
 
-
 def test_verify_both_real_models_by_default(tmp_path, pykvd_cli):
     out = tmp_path / "verify.json"
     result = pykvd_cli("verify", "--json", str(out), timeout=900)
@@ -26,10 +25,14 @@ def test_verify_both_real_models_by_default(tmp_path, pykvd_cli):
 
 
 def test_a_mismatch_is_reported_and_fails():
-    report = VerifyReport("m.gguf", "llama", 10,
-                          recoverability=[LayerCheck(0, "global", 0.0, 0.0), LayerCheck(1, "global", 0.0, 2e-3)],
-                          cacheless=StepsCheck("cacheless", 4, True, 0.0),
-                          restore=[StepsCheck("re-prefill from token ids", 4, False, 0.5)])
+    report = VerifyReport(
+        "m.gguf",
+        "llama",
+        10,
+        recoverability=[LayerCheck(0, "global", 0.0, 0.0), LayerCheck(1, "global", 0.0, 2e-3)],
+        cacheless=StepsCheck("cacheless", 4, True, 0.0),
+        restore=[StepsCheck("re-prefill from token ids", 4, False, 0.5)],
+    )
     assert not report.ok
     text = format_report(report)
     assert "max |dK|,|dV| = 0.002  MISMATCH" in text

@@ -39,17 +39,29 @@ static int parse_args(int argc, char ** argv, struct options * o) {
     for (int i = 1; i < argc; ++i) {
         const char * a = argv[i];
         const char * v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "--ignore-eos")) { o->ignore_eos = 1; continue; }
+        if (!strcmp(a, "--ignore-eos")) {
+            o->ignore_eos = 1;
+            continue;
+        }
         if (v == NULL) return -1;
-        if (!strcmp(a, "-m")) o->model = v;
-        else if (!strcmp(a, "-p")) o->prompt = v;
-        else if (!strcmp(a, "-n")) o->n_predict = atoi(v);
-        else if (!strcmp(a, "-c")) o->n_ctx = atoi(v);
-        else if (!strcmp(a, "-b")) o->n_batch = atoi(v);
-        else if (!strcmp(a, "-t")) o->n_threads = atoi(v);
-        else if (!strcmp(a, "--flash-attn")) o->flash_attn = atoi(v);
-        else if (!strcmp(a, "--extra-bufts")) o->extra_bufts = atoi(v);
-        else return -1;
+        if (!strcmp(a, "-m"))
+            o->model = v;
+        else if (!strcmp(a, "-p"))
+            o->prompt = v;
+        else if (!strcmp(a, "-n"))
+            o->n_predict = atoi(v);
+        else if (!strcmp(a, "-c"))
+            o->n_ctx = atoi(v);
+        else if (!strcmp(a, "-b"))
+            o->n_batch = atoi(v);
+        else if (!strcmp(a, "-t"))
+            o->n_threads = atoi(v);
+        else if (!strcmp(a, "--flash-attn"))
+            o->flash_attn = atoi(v);
+        else if (!strcmp(a, "--extra-bufts"))
+            o->extra_bufts = atoi(v);
+        else
+            return -1;
         ++i;
     }
     return o->model && o->prompt ? 0 : -1;
@@ -64,8 +76,10 @@ static void print_tokens(const char * key, const llama_token * t, int n) {
 int main(int argc, char ** argv) {
     struct options o;
     if (parse_args(argc, argv, &o) != 0) {
-        fprintf(stderr, "usage: %s -m MODEL -p PROMPT [-n N] [-c N_CTX] [-b N_BATCH] [-t THREADS] "
-                        "[--flash-attn -1|0|1] [--extra-bufts 0|1] [--ignore-eos]\n", argv[0]);
+        fprintf(stderr,
+                "usage: %s -m MODEL -p PROMPT [-n N] [-c N_CTX] [-b N_BATCH] [-t THREADS] "
+                "[--flash-attn -1|0|1] [--extra-bufts 0|1] [--ignore-eos]\n",
+                argv[0]);
         return 2;
     }
     llama_log_set(quiet_log, NULL);
@@ -75,7 +89,10 @@ int main(int argc, char ** argv) {
     mp.n_gpu_layers = 0;
     mp.use_extra_bufts = o.extra_bufts != 0;
     struct llama_model * model = llama_model_load_from_file(o.model, mp);
-    if (!model) { fprintf(stderr, "cannot load %s\n", o.model); return 1; }
+    if (!model) {
+        fprintf(stderr, "cannot load %s\n", o.model);
+        return 1;
+    }
     const struct llama_vocab * vocab = llama_model_get_vocab(model);
 
     struct llama_context_params cp = llama_context_default_params();
@@ -86,7 +103,10 @@ int main(int argc, char ** argv) {
     cp.n_threads_batch = o.n_threads;
     cp.flash_attn_type = (enum llama_flash_attn_type) o.flash_attn;
     struct llama_context * ctx = llama_init_from_model(model, cp);
-    if (!ctx) { fprintf(stderr, "cannot create a context\n"); return 1; }
+    if (!ctx) {
+        fprintf(stderr, "cannot create a context\n");
+        return 1;
+    }
 
     const int len = (int) strlen(o.prompt);
     llama_token * prompt = malloc(sizeof(llama_token) * (len + 8));
@@ -99,7 +119,10 @@ int main(int argc, char ** argv) {
     const double t0 = now_s();
     for (int i = 0; i < n_prompt; i += o.n_batch) {
         const int n = n_prompt - i < o.n_batch ? n_prompt - i : o.n_batch;
-        if (llama_decode(ctx, llama_batch_get_one(prompt + i, n))) { fprintf(stderr, "prefill failed\n"); return 1; }
+        if (llama_decode(ctx, llama_batch_get_one(prompt + i, n))) {
+            fprintf(stderr, "prefill failed\n");
+            return 1;
+        }
     }
     const double t1 = now_s();
 
@@ -111,7 +134,10 @@ int main(int argc, char ** argv) {
         if (!o.ignore_eos && llama_vocab_is_eog(vocab, t)) break;
         out[n_out++] = t;
         if (n_out == o.n_predict) break;
-        if (llama_decode(ctx, llama_batch_get_one(&t, 1))) { fprintf(stderr, "decode failed\n"); return 1; }
+        if (llama_decode(ctx, llama_batch_get_one(&t, 1))) {
+            fprintf(stderr, "decode failed\n");
+            return 1;
+        }
         ++n_steps;
     }
     const double t2 = now_s();

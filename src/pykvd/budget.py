@@ -15,7 +15,6 @@ from .errors import BudgetError
 from .memory import parse_bytes
 
 
-
 @dataclass(frozen=True)
 class KVBudget:
     tokens: int  # cells the hot set may occupy
@@ -61,5 +60,7 @@ def _check_range(tokens: int, what: str, model, min_tokens: int) -> None:
     # A bounded session's sequence ends at the trained context, so larger budgets could never fill.
     n_ctx_train = model.info.n_ctx_train
     if tokens > n_ctx_train:
-        raise BudgetError(f"a KV budget of {what} is more than the model's trained context of {n_ctx_train} "
-                          "tokens, the most a bounded session ever holds")
+        raise BudgetError(
+            f"a KV budget of {what} is more than the model's trained context of {n_ctx_train} "
+            "tokens, the most a bounded session ever holds"
+        )

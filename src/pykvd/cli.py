@@ -52,6 +52,7 @@ def _decode_stdin_leniently() -> None:
 
 # -- parser ------------------------------------------------------------------
 
+
 class _UsageError(Exception):
     """A malformed command line (argparse's errors, reported like every other error)."""
 
@@ -74,10 +75,16 @@ def _parser() -> argparse.ArgumentParser:
     source.add_argument("-p", "--prompt", help="the prompt ('-' reads it from stdin)")
     source.add_argument("-f", "--file", help="read the prompt from this file")
     wrap = run.add_mutually_exclusive_group()
-    wrap.add_argument("--raw", action="store_true",
-                      help="send the prompt as plain text (the default for a model without a chat template)")
-    wrap.add_argument("--chat", action="store_true",
-                      help="wrap the prompt as a user message in the chat template (default if the model has one)")
+    wrap.add_argument(
+        "--raw",
+        action="store_true",
+        help="send the prompt as plain text (the default for a model without a chat template)",
+    )
+    wrap.add_argument(
+        "--chat",
+        action="store_true",
+        help="wrap the prompt as a user message in the chat template (default if the model has one)",
+    )
     _generation_args(run)
     run.set_defaults(handler=_cmd_run)
 
@@ -90,8 +97,13 @@ def _parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="architecture and per-token state table of a model")
     _model_arg(info, optional=False)
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    info.add_argument("--measure-ctx", type=int, default=4096, metavar="N",
-                      help="context size at which to measure llama.cpp's KV buffer (default 4096)")
+    info.add_argument(
+        "--measure-ctx",
+        type=int,
+        default=4096,
+        metavar="N",
+        help="context size at which to measure llama.cpp's KV buffer (default 4096)",
+    )
     info.set_defaults(handler=_cmd_info)
 
     plan = sub.add_parser("plan", help="bytes held and per-step recompute of every policy for a context and budget")
@@ -103,12 +115,26 @@ def _parser() -> argparse.ArgumentParser:
     plan.set_defaults(handler=_cmd_plan)
 
     verify = sub.add_parser("verify", help="check that K/V rebuilt from the residual stream are bit-exact")
-    verify.add_argument("models", nargs="*", metavar="MODEL",
-                        help="GGUF paths or fetchable model names (default: every fetchable model)")
-    verify.add_argument("--cacheless-steps", type=int, default=64, metavar="N",
-                        help="greedy steps compared against cacheless decoding (default 64)")
-    verify.add_argument("--restore-steps", type=int, default=32, metavar="N",
-                        help="greedy steps compared after each restore (default 32)")
+    verify.add_argument(
+        "models",
+        nargs="*",
+        metavar="MODEL",
+        help="GGUF paths or fetchable model names (default: every fetchable model)",
+    )
+    verify.add_argument(
+        "--cacheless-steps",
+        type=int,
+        default=64,
+        metavar="N",
+        help="greedy steps compared against cacheless decoding (default 64)",
+    )
+    verify.add_argument(
+        "--restore-steps",
+        type=int,
+        default=32,
+        metavar="N",
+        help="greedy steps compared after each restore (default 32)",
+    )
     verify.add_argument("--json", metavar="PATH", help="also write the reports as JSON to PATH")
     verify.add_argument("-v", "--verbose", action="store_true", help="show llama.cpp's log on stderr")
     verify.set_defaults(handler=_cmd_verify)
@@ -130,15 +156,21 @@ def _model_arg(parser: argparse.ArgumentParser, *, optional: bool) -> None:
     names = ", ".join(sorted(model_registry.MODELS))
     help_text = f"a GGUF path or a fetchable model name ({names})"
     if optional:
-        parser.add_argument("model", nargs="?", default=model_registry.DEFAULT_MODEL,
-                            help=help_text + f"; default {model_registry.DEFAULT_MODEL}")
+        parser.add_argument(
+            "model",
+            nargs="?",
+            default=model_registry.DEFAULT_MODEL,
+            help=help_text + f"; default {model_registry.DEFAULT_MODEL}",
+        )
     else:
         parser.add_argument("model", help=help_text)
 
 
 def _generation_args(parser: argparse.ArgumentParser, *, default_tokens: int = 128) -> None:
     g = parser.add_argument_group("generation")
-    g.add_argument("-n", "--n-predict", type=int, default=default_tokens, metavar="N", help="maximum tokens to generate")
+    g.add_argument(
+        "-n", "--n-predict", type=int, default=default_tokens, metavar="N", help="maximum tokens to generate"
+    )
     g.add_argument("--temp", type=float, default=0.0, help="temperature; 0 = greedy (default)")
     g.add_argument("--top-k", type=int, default=40)
     g.add_argument("--top-p", type=float, default=0.95)
@@ -148,27 +180,54 @@ def _generation_args(parser: argparse.ArgumentParser, *, default_tokens: int = 1
     g.add_argument("--seed", type=int, default=None, help="sampling seed (default: random)")
     g.add_argument("--ignore-eos", action="store_true", help="do not stop at end-of-generation tokens")
     c = parser.add_argument_group("context")
-    c.add_argument("-c", "--ctx-size", type=int, default=None, metavar="N", help="context size in tokens (default: min(4096, trained))")
+    c.add_argument(
+        "-c",
+        "--ctx-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="context size in tokens (default: min(4096, trained))",
+    )
     c.add_argument("-b", "--batch-size", type=int, default=512, metavar="N")
     c.add_argument("-t", "--threads", type=int, default=None, metavar="N")
-    c.add_argument("--chat-template", metavar="TEMPLATE", default=None,
-                   help="chat template to use instead of the GGUF's: a llama.cpp built-in name (gemma, chatml, ...)")
-    c.add_argument("--fast", action="store_true",
-                   help="let llama.cpp pick its fastest kernels (flash attention, repacked weights); not bit-exact")
+    c.add_argument(
+        "--chat-template",
+        metavar="TEMPLATE",
+        default=None,
+        help="chat template to use instead of the GGUF's: a llama.cpp built-in name (gemma, chatml, ...)",
+    )
+    c.add_argument(
+        "--fast",
+        action="store_true",
+        help="let llama.cpp pick its fastest kernels (flash attention, repacked weights); not bit-exact",
+    )
     c.add_argument("--stats", action="store_true", help="print timings and memory to stderr")
     k = parser.add_argument_group("bounded memory")
-    k.add_argument("--kv-budget", metavar="B", default=None,
-                   help="keep at most this much K/V in llama.cpp's cells: tokens (512) or bytes (64MiB, 1.5GiB)")
-    k.add_argument("--policy", default=None, choices=sorted(POLICY_NAMES),
-                   help="what happens to tokens beyond the budget (default streaming with a budget, else full)")
+    k.add_argument(
+        "--kv-budget",
+        metavar="B",
+        default=None,
+        help="keep at most this much K/V in llama.cpp's cells: tokens (512) or bytes (64MiB, 1.5GiB)",
+    )
+    k.add_argument(
+        "--policy",
+        default=None,
+        choices=sorted(POLICY_NAMES),
+        help="what happens to tokens beyond the budget (default streaming with a budget, else full)",
+    )
     k.add_argument("--sinks", type=int, default=4, metavar="N", help="attention-sink tokens kept by streaming (4)")
-    k.add_argument("--checkpoint", default=None, choices=CHECKPOINTS,
-                   help="what kvdirect keeps to recompute evicted tokens exactly: their ids (tokens, default) "
-                        "or every layer's residuals (residuals)")
+    k.add_argument(
+        "--checkpoint",
+        default=None,
+        choices=CHECKPOINTS,
+        help="what kvdirect keeps to recompute evicted tokens exactly: their ids (tokens, default) "
+        "or every layer's residuals (residuals)",
+    )
     c.add_argument("-v", "--verbose", action="store_true", help="show llama.cpp's log on stderr")
 
 
 # -- shared helpers ------------------------------------------------------------
+
 
 def _progress(message: str) -> None:
     print(f"pykvd: {message}", file=sys.stderr, flush=True)
@@ -179,34 +238,57 @@ def _load(args):
     from .api import Model
 
     native.set_log_to_stderr(getattr(args, "verbose", False))
-    return Model(args.model, exact=not getattr(args, "fast", False),
-                 chat_template=getattr(args, "chat_template", None), progress=_progress)
+    return Model(
+        args.model,
+        exact=not getattr(args, "fast", False),
+        chat_template=getattr(args, "chat_template", None),
+        progress=_progress,
+    )
 
 
 def _sampling(args):
     from .sampling import SamplingParams
 
-    return SamplingParams(temperature=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-                          repeat_penalty=args.repeat_penalty, repeat_last_n=args.repeat_last_n, seed=args.seed)
+    return SamplingParams(
+        temperature=args.temp,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        min_p=args.min_p,
+        repeat_penalty=args.repeat_penalty,
+        repeat_last_n=args.repeat_last_n,
+        seed=args.seed,
+    )
 
 
 def _session(model, args):
-    return model.session(n_ctx=args.ctx_size, n_batch=args.batch_size, n_threads=args.threads,
-                         sampling=_sampling(args), kv_budget=args.kv_budget, policy=args.policy, n_sink=args.sinks,
-                         checkpoint=args.checkpoint)
+    return model.session(
+        n_ctx=args.ctx_size,
+        n_batch=args.batch_size,
+        n_threads=args.threads,
+        sampling=_sampling(args),
+        kv_budget=args.kv_budget,
+        policy=args.policy,
+        n_sink=args.sinks,
+        checkpoint=args.checkpoint,
+    )
 
 
 def _print_stats(stats, label: str = "stats") -> None:
     from .memory import format_bytes
 
-    print(f"pykvd: {label}: {stats.n_tokens} tokens, {stats.n_cached} in {stats.n_ctx} cells | "
-          f"prefill {stats.n_prefill_tokens} tok in {stats.prefill_s:.3f} s ({stats.prefill_tokens_per_s:.1f} tok/s) | "
-          f"decode {stats.n_decode_steps} steps in {stats.decode_s:.3f} s ({stats.decode_tokens_per_s:.1f} tok/s)",
-          file=sys.stderr)
+    print(
+        f"pykvd: {label}: {stats.n_tokens} tokens, {stats.n_cached} in {stats.n_ctx} cells | "
+        f"prefill {stats.n_prefill_tokens} tok in {stats.prefill_s:.3f} s ({stats.prefill_tokens_per_s:.1f} tok/s) | "
+        f"decode {stats.n_decode_steps} steps in {stats.decode_s:.3f} s ({stats.decode_tokens_per_s:.1f} tok/s)",
+        file=sys.stderr,
+    )
     checkpoint = f" | checkpoint {format_bytes(stats.checkpoint_bytes)}" if stats.checkpoint_bytes else ""
-    print(f"pykvd: {label}: KV buffer {format_bytes(stats.kv_bytes)}{checkpoint} | "
-          f"compute buffer {format_bytes(stats.compute_bytes)} | weights {format_bytes(stats.model_bytes)} | "
-          f"process RSS {format_bytes(stats.rss_bytes)}", file=sys.stderr)
+    print(
+        f"pykvd: {label}: KV buffer {format_bytes(stats.kv_bytes)}{checkpoint} | "
+        f"compute buffer {format_bytes(stats.compute_bytes)} | weights {format_bytes(stats.model_bytes)} | "
+        f"process RSS {format_bytes(stats.rss_bytes)}",
+        file=sys.stderr,
+    )
 
 
 def _write_stream(pieces) -> None:
@@ -217,6 +299,7 @@ def _write_stream(pieces) -> None:
 
 # -- commands ----------------------------------------------------------------
 
+
 def _cmd_run(args) -> int:
     prompt = _read_prompt(args)
     if not prompt:
@@ -226,8 +309,9 @@ def _cmd_run(args) -> int:
         # As llama-cli and ollama run do: a model with a chat template gets the prompt as a user message.
         if args.chat or (not args.raw and model.chat_template is not None):
             prompt = model.apply_chat_template([{"role": "user", "content": prompt}])
-        _write_stream(session.stream(prompt, max_tokens=args.n_predict, sampling=sampling,
-                                     stop_at_eog=not args.ignore_eos))
+        _write_stream(
+            session.stream(prompt, max_tokens=args.n_predict, sampling=sampling, stop_at_eog=not args.ignore_eos)
+        )
         sys.stdout.write("\n")
         sys.stdout.flush()
         if args.stats:
@@ -250,8 +334,10 @@ def _cmd_chat(args) -> int:
     sampling = _sampling(args)
     with _load(args) as model, _session(model, args) as session:
         if model.chat_template is None:
-            raise PykvdError(f"{model.path.name} has no chat template: pass --chat-template NAME "
-                             "(a llama.cpp built-in such as gemma or chatml)")
+            raise PykvdError(
+                f"{model.path.name} has no chat template: pass --chat-template NAME "
+                "(a llama.cpp built-in such as gemma or chatml)"
+            )
         pending_system = [{"role": "system", "content": args.system}] if args.system else []
         if interactive:
             print("pykvd chat: /reset starts over, /stats shows memory, /quit or Ctrl-D ends.", file=sys.stderr)
@@ -302,34 +388,60 @@ def _cmd_info(args) -> int:
         kv_buffer = measured_kv_buffer(model, n_ctx)
         kv_window = measured_kv_buffer(model, n_ctx, swa_full=False) if info.swa_layers else kv_buffer
         if args.json:
-            print(json.dumps({
-                "path": str(info.path), "architecture": info.architecture, "name": info.name,
-                "description": info.description, "n_layer": info.n_layer, "n_embd": info.n_embd,
-                "n_head": info.n_head, "n_head_kv": info.n_head_kv, "head_dim_k": info.head_dim_k,
-                "head_dim_v": info.head_dim_v, "n_vocab": info.n_vocab, "n_ctx_train": info.n_ctx_train,
-                "n_swa": info.n_swa, "swa_layers": list(info.swa_layers),
-                "state_per_token_bytes": {row.name: row.bytes_per_token for row in rows},
-                "measured_kv_buffer": {"n_ctx": n_ctx, "bytes": kv_buffer, "bytes_swa_window_only": kv_window},
-            }, indent=2))
+            print(
+                json.dumps(
+                    {
+                        "path": str(info.path),
+                        "architecture": info.architecture,
+                        "name": info.name,
+                        "description": info.description,
+                        "n_layer": info.n_layer,
+                        "n_embd": info.n_embd,
+                        "n_head": info.n_head,
+                        "n_head_kv": info.n_head_kv,
+                        "head_dim_k": info.head_dim_k,
+                        "head_dim_v": info.head_dim_v,
+                        "n_vocab": info.n_vocab,
+                        "n_ctx_train": info.n_ctx_train,
+                        "n_swa": info.n_swa,
+                        "swa_layers": list(info.swa_layers),
+                        "state_per_token_bytes": {row.name: row.bytes_per_token for row in rows},
+                        "measured_kv_buffer": {"n_ctx": n_ctx, "bytes": kv_buffer, "bytes_swa_window_only": kv_window},
+                    },
+                    indent=2,
+                )
+            )
             return 0
         swa = info.swa_layers
         print(f"model         {info.path}")
         print(f"architecture  {info.architecture} ({info.description}{', ' + info.name if info.name else ''})")
-        print(f"layers        {info.n_layer}" + (f" ({len(swa)} sliding-window, window {info.n_swa}: {_ranges(swa)})"
-                                                 if swa else " (no sliding-window layers)"))
+        print(
+            f"layers        {info.n_layer}"
+            + (
+                f" ({len(swa)} sliding-window, window {info.n_swa}: {_ranges(swa)})"
+                if swa
+                else " (no sliding-window layers)"
+            )
+        )
         print(f"n_embd        {info.n_embd}")
-        print(f"heads         {info.n_head} query, {info.n_head_kv} key/value, head dim {info.head_dim_k} (K) / "
-              f"{info.head_dim_v} (V)")
+        print(
+            f"heads         {info.n_head} query, {info.n_head_kv} key/value, head dim {info.head_dim_k} (K) / "
+            f"{info.head_dim_v} (V)"
+        )
         print(f"vocabulary    {info.n_vocab} tokens")
         print(f"context       {info.n_ctx_train} tokens (trained)")
         print()
         print(format_table(rows))
         print()
-        print(f"measured: llama.cpp's KV buffer for a {n_ctx}-token context is {kv_buffer} bytes "
-              f"({kv_buffer / n_ctx:.0f} per token of context)")
+        print(
+            f"measured: llama.cpp's KV buffer for a {n_ctx}-token context is {kv_buffer} bytes "
+            f"({kv_buffer / n_ctx:.0f} per token of context)"
+        )
         if swa:
-            print(f"measured: with sliding-window layers keeping only their window (swa_full=False): {kv_window} bytes "
-                  f"({kv_window / n_ctx:.0f} per token of context)")
+            print(
+                f"measured: with sliding-window layers keeping only their window (swa_full=False): {kv_window} bytes "
+                f"({kv_window / n_ctx:.0f} per token of context)"
+            )
     return 0
 
 
@@ -347,8 +459,12 @@ def _cmd_plan(args) -> int:
         budget = resolve_budget(args.kv_budget, model, min_tokens=args.sinks + 1)
         rows = plan(model, args.context, budget.tokens, n_sink=args.sinks)
         if args.json:
-            print(json.dumps({"context": args.context, "budget_tokens": budget.tokens,
-                              "rows": [asdict(r) for r in rows]}, indent=2))
+            print(
+                json.dumps(
+                    {"context": args.context, "budget_tokens": budget.tokens, "rows": [asdict(r) for r in rows]},
+                    indent=2,
+                )
+            )
         else:
             print(format_plan(model, args.context, budget.tokens, rows))
     return 0
@@ -409,8 +525,10 @@ def _ranges(indices: Sequence[int]) -> str:
 def _cmd_models_list(args) -> int:
     for spec in model_registry.list_models():
         cached = "cached" if model_registry.is_cached(spec.name) else "not fetched"
-        print(f"{spec.name:<10} {spec.architecture:<8} {spec.quantization:<7} {spec.size / 2**20:7.1f} MiB  "
-              f"{cached:<12} {spec.description}")
+        print(
+            f"{spec.name:<10} {spec.architecture:<8} {spec.quantization:<7} {spec.size / 2**20:7.1f} MiB  "
+            f"{cached:<12} {spec.description}"
+        )
     return 0
 
 

@@ -32,18 +32,78 @@ _MAX_NUMERIC_ARRAY_KEPT = 1024
 # ggml type id -> (elements per block, bytes per block): ggml's type traits (ggml/src/ggml.c of the pinned
 # llama.cpp: blck_size and type_size). Ids missing here were removed from ggml; no GGUF may use them.
 _GGML_BLOCKS = {
-    0: (1, 4), 1: (1, 2), 2: (32, 18), 3: (32, 20), 6: (32, 22), 7: (32, 24), 8: (32, 34), 9: (32, 36),
-    10: (256, 84), 11: (256, 110), 12: (256, 144), 13: (256, 176), 14: (256, 210), 15: (256, 292),
-    16: (256, 66), 17: (256, 74), 18: (256, 98), 19: (256, 50), 20: (32, 18), 21: (256, 110),
-    22: (256, 82), 23: (256, 136), 24: (1, 1), 25: (1, 2), 26: (1, 4), 27: (1, 8), 28: (1, 8),
-    29: (256, 56), 30: (1, 2), 34: (256, 54), 35: (256, 66), 39: (32, 17), 40: (64, 36), 41: (128, 18),
+    0: (1, 4),
+    1: (1, 2),
+    2: (32, 18),
+    3: (32, 20),
+    6: (32, 22),
+    7: (32, 24),
+    8: (32, 34),
+    9: (32, 36),
+    10: (256, 84),
+    11: (256, 110),
+    12: (256, 144),
+    13: (256, 176),
+    14: (256, 210),
+    15: (256, 292),
+    16: (256, 66),
+    17: (256, 74),
+    18: (256, 98),
+    19: (256, 50),
+    20: (32, 18),
+    21: (256, 110),
+    22: (256, 82),
+    23: (256, 136),
+    24: (1, 1),
+    25: (1, 2),
+    26: (1, 4),
+    27: (1, 8),
+    28: (1, 8),
+    29: (256, 56),
+    30: (1, 2),
+    34: (256, 54),
+    35: (256, 66),
+    39: (32, 17),
+    40: (64, 36),
+    41: (128, 18),
     42: (64, 18),
 }
 GGML_TYPE_NAMES = {
-    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 9: "Q8_1", 10: "Q2_K", 11: "Q3_K",
-    12: "Q4_K", 13: "Q5_K", 14: "Q6_K", 15: "Q8_K", 16: "IQ2_XXS", 17: "IQ2_XS", 18: "IQ3_XXS", 19: "IQ1_S",
-    20: "IQ4_NL", 21: "IQ3_S", 22: "IQ2_S", 23: "IQ4_XS", 24: "I8", 25: "I16", 26: "I32", 27: "I64", 28: "F64",
-    29: "IQ1_M", 30: "BF16", 34: "TQ1_0", 35: "TQ2_0", 39: "MXFP4", 40: "NVFP4", 41: "Q1_0", 42: "Q2_0",
+    0: "F32",
+    1: "F16",
+    2: "Q4_0",
+    3: "Q4_1",
+    6: "Q5_0",
+    7: "Q5_1",
+    8: "Q8_0",
+    9: "Q8_1",
+    10: "Q2_K",
+    11: "Q3_K",
+    12: "Q4_K",
+    13: "Q5_K",
+    14: "Q6_K",
+    15: "Q8_K",
+    16: "IQ2_XXS",
+    17: "IQ2_XS",
+    18: "IQ3_XXS",
+    19: "IQ1_S",
+    20: "IQ4_NL",
+    21: "IQ3_S",
+    22: "IQ2_S",
+    23: "IQ4_XS",
+    24: "I8",
+    25: "I16",
+    26: "I32",
+    27: "I64",
+    28: "F64",
+    29: "IQ1_M",
+    30: "BF16",
+    34: "TQ1_0",
+    35: "TQ2_0",
+    39: "MXFP4",
+    40: "NVFP4",
+    41: "Q1_0",
+    42: "Q2_0",
 }
 
 
@@ -202,8 +262,7 @@ def _parse(r: _Reader, file_size: int) -> GGUFHeader:
     tensors = tuple(_tensor_info(r) for _ in range(n_tensors))
     alignment = _alignment(r, metadata, types)
     data_offset = -(-r.stream.tell() // alignment) * alignment
-    header = GGUFHeader(r.path, version, metadata, tensors, data_offset, file_size, types, arrays,
-                        tuple(not_utf8))
+    header = GGUFHeader(r.path, version, metadata, tensors, data_offset, file_size, types, arrays, tuple(not_utf8))
     _check_extents(r, header)
     return header
 
@@ -214,7 +273,7 @@ def _alignment(r: _Reader, metadata: dict[str, object], types: dict[str, int]) -
     value = metadata["general.alignment"]
     if types["general.alignment"] != UINT32:
         raise r.fail(f"general.alignment must be a uint32, not {value!r}")
-    if value <= 0 or value & (value - 1):
+    if not isinstance(value, int) or value <= 0 or value & (value - 1):
         raise r.fail(f"general.alignment {value} is not a power of two")
     return value
 
@@ -230,8 +289,10 @@ def _tensor_info(r: _Reader) -> TensorInfo:
         raise r.fail(f"tensor {name!r} has unknown ggml type {ggml_type}")
     block = _GGML_BLOCKS[ggml_type][0]
     if shape and shape[0] % block:
-        raise r.fail(f"tensor {name!r} has rows of {shape[0]} values, not a whole number of "
-                     f"{GGML_TYPE_NAMES[ggml_type]} blocks of {block}")
+        raise r.fail(
+            f"tensor {name!r} has rows of {shape[0]} values, not a whole number of "
+            f"{GGML_TYPE_NAMES[ggml_type]} blocks of {block}"
+        )
     return TensorInfo(name, shape, ggml_type, r.unpack("<Q"))
 
 
@@ -240,6 +301,5 @@ def _check_extents(r: _Reader, header: GGUFHeader) -> None:
         end = header.data_offset + tensor.offset + (tensor.nbytes or 0)
         if end > header.file_size:
             raise r.fail(
-                f"file is truncated: tensor {tensor.name!r} ends at byte {end}, "
-                f"the file has {header.file_size}"
+                f"file is truncated: tensor {tensor.name!r} ends at byte {end}, the file has {header.file_size}"
             )

@@ -6,7 +6,7 @@ import copy
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, TypeVar
 
 import numpy as np
 
@@ -19,6 +19,8 @@ from .probe import LoadParams, ensure_loadable, probe_enabled
 from .profile import RuntimeProfile
 
 Message = dict  # {"role": ..., "content": ...}
+
+_Self = TypeVar("_Self", bound="LoadedModel")
 
 KV_PROBE_CELLS = 256  # llama.cpp pads a context to 256 cells, so this size is allocated exactly
 
@@ -84,8 +86,17 @@ class LoadedModel:
     a context manager, or call close().
     """
 
-    def __init__(self, model: str | os.PathLike[str], *, exact: bool = True, n_gpu_layers: int = 0,
-                 use_mmap: bool = True, chat_template: str | None = None, progress=None, probe: bool | None = None):
+    def __init__(
+        self,
+        model: str | os.PathLike[str],
+        *,
+        exact: bool = True,
+        n_gpu_layers: int = 0,
+        use_mmap: bool = True,
+        chat_template: str | None = None,
+        progress=None,
+        probe: bool | None = None,
+    ):
         if chat_template is not None:
             _utf8(_text(chat_template, "chat_template", ArgumentTypeError), "chat_template", ArgumentError)
         _check_load_flags(n_gpu_layers, exact, use_mmap, probe)
@@ -95,11 +106,16 @@ class LoadedModel:
         self.profile = RuntimeProfile.of(exact)
         self._chat_template = chat_template
         if probe if probe is not None else probe_enabled():
-            params = LoadParams(n_gpu_layers=n_gpu_layers, use_mmap=use_mmap,
-                                use_extra_bufts=self.profile.extra_bufts, flash_attn=self.profile.flash_attn)
+            params = LoadParams(
+                n_gpu_layers=n_gpu_layers,
+                use_mmap=use_mmap,
+                use_extra_bufts=self.profile.extra_bufts,
+                flash_attn=self.profile.flash_attn,
+            )
             ensure_loadable(self.path, header.data_offset, params)
-        self._native = native.Model(str(self.path), n_gpu_layers=n_gpu_layers, use_mmap=use_mmap,
-                                    use_extra_bufts=self.profile.extra_bufts)
+        self._native = native.Model(
+            str(self.path), n_gpu_layers=n_gpu_layers, use_mmap=use_mmap, use_extra_bufts=self.profile.extra_bufts
+        )
         self.info = self._read_info(header.architecture, header.metadata.get("general.name", ""))
         self._kv_bytes_per_cell: float | None = None
 
@@ -107,9 +123,20 @@ class LoadedModel:
         m = self._native
         layers = tuple(LayerInfo(index=i, **m.layer_info(i)) for i in range(m.n_layer))
         return ModelInfo(
-            path=self.path, architecture=arch, name=str(name), description=m.description,
-            n_layer=m.n_layer, n_embd=m.n_embd, n_head=m.n_head, n_head_kv=m.n_head_kv, n_vocab=m.n_vocab,
-            n_ctx_train=m.n_ctx_train, n_swa=m.n_swa, n_params=m.n_params, size_bytes=m.size, layers=layers,
+            path=self.path,
+            architecture=arch,
+            name=str(name),
+            description=m.description,
+            n_layer=m.n_layer,
+            n_embd=m.n_embd,
+            n_head=m.n_head,
+            n_head_kv=m.n_head_kv,
+            n_vocab=m.n_vocab,
+            n_ctx_train=m.n_ctx_train,
+            n_swa=m.n_swa,
+            n_params=m.n_params,
+            size_bytes=m.size,
+            layers=layers,
         )
 
     # -- lifetime ----------------------------------------------------------
@@ -128,7 +155,7 @@ class LoadedModel:
         view._native = self._handle().share()  # its own reference to the same weights
         return view
 
-    def __enter__(self) -> LoadedModel:
+    def __enter__(self: _Self) -> _Self:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -168,8 +195,7 @@ class LoadedModel:
 
     def _checked_token(self, token) -> int:
         """One token id inside the vocabulary (numpy integers too), else PromptError."""
-        if not isinstance(token, (int, np.integer)) or isinstance(token, bool) \
-                or not 0 <= token < self.info.n_vocab:
+        if not isinstance(token, (int, np.integer)) or isinstance(token, bool) or not 0 <= token < self.info.n_vocab:
             raise PromptError(f"a token id must be an integer in [0, {self.info.n_vocab}), not {token!r}")
         return int(token)
 
@@ -184,21 +210,25 @@ class LoadedModel:
         """The template chat uses: the one given to the constructor, else the GGUF's (None if it has none)."""
         return self._chat_template or self._handle().chat_template()
 
-    def apply_chat_template(self, messages: Sequence[Message], *, add_generation_prompt: bool = True,
-                            template: str | None = None) -> str:
+    def apply_chat_template(
+        self, messages: Sequence[Message], *, add_generation_prompt: bool = True, template: str | None = None
+    ) -> str:
         """The conversation formatted with the model's own template (or ``template``)."""
         pairs = []
         for message in messages:
             if not isinstance(message, dict) or not {"role", "content"} <= message.keys():
                 raise PromptError("each message must be a dict with 'role' and 'content'")
-            pairs.append(tuple(_utf8(str(message[key]), f"a message's {key}", PromptError)
-                               for key in ("role", "content")))
+            pairs.append(
+                tuple(_utf8(str(message[key]), f"a message's {key}", PromptError) for key in ("role", "content"))
+            )
         if template is not None:
             _utf8(_text(template, "template", ArgumentTypeError), "template", ArgumentError)
         template = template or self._chat_template
         if template is None and self._handle().chat_template() is None:
-            raise PromptError(f"{self.path.name} has no chat template: pass chat_template= "
-                              "(a llama.cpp built-in name such as 'gemma' or 'chatml', or a template)")
+            raise PromptError(
+                f"{self.path.name} has no chat template: pass chat_template= "
+                "(a llama.cpp built-in name such as 'gemma' or 'chatml', or a template)"
+            )
         try:
             return self._handle().apply_chat_template(template, pairs, add_generation_prompt)
         except ValueError as exc:
@@ -215,8 +245,16 @@ class LoadedModel:
     def kv_buffer_bytes(self, n_ctx: int, *, swa_full: bool = True) -> int:
         """Bytes of the KV buffer llama.cpp allocates for a context of n_ctx cells, read from its allocator."""
         n_batch = min(512, n_ctx)
-        ctx = native.Context(self._handle(), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch, n_threads=1,
-                             n_threads_batch=1, flash_attn=self.profile.flash_attn, swa_full=swa_full)
+        ctx = native.Context(
+            self._handle(),
+            n_ctx=n_ctx,
+            n_batch=n_batch,
+            n_ubatch=n_batch,
+            n_threads=1,
+            n_threads_batch=1,
+            flash_attn=self.profile.flash_attn,
+            swa_full=swa_full,
+        )
         try:
             return int(ctx.memory()["kv"])
         finally:

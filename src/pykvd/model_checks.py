@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import overload
 
 from ._llama import native
 from .errors import InvalidModelError, UnsupportedArchitectureError
@@ -29,8 +30,9 @@ BYTE_FALLBACK_TOKENIZERS = ("llama",)  # SPM: llama.cpp looks up a <0xXX> token 
 
 # ggml types that the CPU backend can multiply by (they have a vec_dot in ggml-cpu.c) and dequantize for
 # get_rows; I8..I64, F64, Q8_1 and Q8_K have neither, and a weight stored so segfaults at the first decode.
-WEIGHT_TYPES = frozenset({0, 1, 2, 3, 6, 7, 8, 10, 11, 12, 13, 14, 16, 17, 18, 19, 20, 21, 22, 23, 29, 30, 34, 35,
-                          39, 40, 41, 42})
+WEIGHT_TYPES = frozenset(
+    {0, 1, 2, 3, 6, 7, 8, 10, 11, 12, 13, 14, 16, 17, 18, 19, 20, 21, 22, 23, 29, 30, 34, 35, 39, 40, 41, 42}
+)
 F32 = 0
 STRING_TYPE = 8  # GGUF metadata value type of a single string
 # Architectures whose tensor layout these checks know (the ones models/synthetic.py writes, and their kin).
@@ -63,6 +65,12 @@ class _Model:
             return found.values
         return self.header.metadata.get(key)
 
+    @overload
+    def uint(self, key: str) -> int | None: ...
+
+    @overload
+    def uint(self, key: str, default: int) -> int: ...
+
     def uint(self, key: str, default: int | None = None) -> int | None:
         value = self.value(key)
         if value is None:
@@ -76,13 +84,16 @@ class _Model:
         value = self.value(key)
         n_layer = self.n_layer
         if value is None:
-            return None if default is None else (default if isinstance(default, tuple) else (default,) * n_layer)
+            if default is None:
+                return None
+            return tuple(default) if isinstance(default, Sequence) else (default,) * n_layer
         if _is_int(value) and value >= 0:
             return (value,) * n_layer
         if isinstance(value, (list, tuple)) and all(_is_int(v) and v >= 0 for v in value) and len(value) == n_layer:
             return tuple(value)
-        raise self.fail(f"{self._full(key)} must be a non-negative integer or one per layer ({n_layer}), "
-                        f"not {_short(value)}")
+        raise self.fail(
+            f"{self._full(key)} must be a non-negative integer or one per layer ({n_layer}), not {_short(value)}"
+        )
 
     @property
     def n_layer(self) -> int:
@@ -141,17 +152,22 @@ def check_experts(m: _Model) -> None:
         raise m.fail(f"{m.arch}.expert_count {n_expert} exceeds llama.cpp's limit of {LLAMA_MAX_EXPERTS}")
     if n_expert == 0:
         if used or groups:
-            raise m.fail(f"{m.arch}.expert_used_count {used} / expert_group_count {groups} on a model with "
-                         "no experts (expert_count 0)")
+            raise m.fail(
+                f"{m.arch}.expert_used_count {used} / expert_group_count {groups} on a model with "
+                "no experts (expert_count 0)"
+            )
         return
     if not any(".ffn_gate_inp." in tensor.name for tensor in m.header.tensors):
-        raise m.fail(f"{m.arch}.expert_count {n_expert} on a dense model (it has no expert router tensors "
-                     "blk.N.ffn_gate_inp)")
+        raise m.fail(
+            f"{m.arch}.expert_count {n_expert} on a dense model (it has no expert router tensors blk.N.ffn_gate_inp)"
+        )
     if not 0 < used <= n_expert:
         raise m.fail(f"{m.arch}.expert_used_count {used} must be between 1 and expert_count {n_expert}")
     if groups >= n_expert or (groups > 1 and (n_expert % groups or not 0 < group_used < groups)):
-        raise m.fail(f"{m.arch}.expert_group_count {groups} / expert_group_used_count {group_used} do not "
-                     f"divide expert_count {n_expert}")
+        raise m.fail(
+            f"{m.arch}.expert_group_count {groups} / expert_group_used_count {group_used} do not "
+            f"divide expert_count {n_expert}"
+        )
 
 
 def check_rope_scaling(m: _Model) -> None:
@@ -181,7 +197,7 @@ def _heads(m: _Model) -> _Heads | None:
     n_head = m.per_layer("attention.head_count", None)
     if n_head is None or max(n_head) == 0:
         return None
-    n_head_kv = m.per_layer("attention.head_count_kv", n_head)
+    n_head_kv = m.per_layer("attention.head_count_kv", n_head) or n_head
     n_embd = m.uint("embedding_length", 0)
     head_k = m.uint("attention.key_length", n_embd // max(n_head))
     head_v = m.uint("attention.value_length", n_embd // max(n_head))
@@ -196,15 +212,18 @@ def check_head_counts(m: _Model) -> None:
         if n_kv == 0 and m.arch in KNOWN_LAYOUTS:
             raise m.fail(f"{m.arch}.attention.head_count_kv is 0 for layer {il}: every {m.arch} layer attends")
         if n_kv and n_head % n_kv:
-            raise m.fail(f"{m.arch}.attention.head_count {n_head} is not a multiple of head_count_kv {n_kv} "
-                         f"(layer {il})")
+            raise m.fail(
+                f"{m.arch}.attention.head_count {n_head} is not a multiple of head_count_kv {n_kv} (layer {il})"
+            )
 
 
 def check_head_dims(m: _Model) -> None:
     heads = _heads(m)
     if heads is not None and (heads.head_k == 0 or heads.head_v == 0):
-        raise m.fail(f"{m.arch} attention heads of size {heads.head_k} (key) / {heads.head_v} (value): "
-                     "key_length and value_length must be positive")
+        raise m.fail(
+            f"{m.arch} attention heads of size {heads.head_k} (key) / {heads.head_v} (value): "
+            "key_length and value_length must be positive"
+        )
 
 
 def check_rope_dims(m: _Model) -> None:
@@ -226,8 +245,9 @@ def check_swa_pattern(m: _Model) -> None:
     # model with a sliding window builds a cache that asserts it has some.
     pattern = m.uint("attention.sliding_window_pattern")
     if pattern == 1 and m.arch == "gemma3":
-        raise m.fail(f"{m.arch}.attention.sliding_window_pattern 1 leaves no sliding-window layer, which "
-                     f"{m.arch} requires")
+        raise m.fail(
+            f"{m.arch}.attention.sliding_window_pattern 1 leaves no sliding-window layer, which {m.arch} requires"
+        )
 
 
 # -- tokenizer --------------------------------------------------------------------
@@ -261,8 +281,10 @@ def check_token_strings(m: _Model) -> None:
     for index, token in enumerate(tokens):
         text = token if token else f"[EMPTY_{index}]"
         if text in seen:
-            raise m.fail(f"tokens {seen[text]} and {index} of tokenizer.ggml.tokens are both {text!r}; "
-                         "llama.cpp needs every token string to be unique")
+            raise m.fail(
+                f"tokens {seen[text]} and {index} of tokenizer.ggml.tokens are both {text!r}; "
+                "llama.cpp needs every token string to be unique"
+            )
         seen[text] = index
 
 
@@ -273,9 +295,11 @@ def check_byte_fallback(m: _Model) -> None:
     known = set(tokens)
     missing = [b for b in range(256) if f"<0x{b:02X}>" not in known and chr(b) not in known]
     if missing:
-        raise m.fail(f"tokenizer.ggml.model {kind!r} (SentencePiece) needs a byte token such as "
-                     f"<0x{missing[0]:02X}> for every byte, and {len(missing)} are missing: is it a BPE "
-                     "vocabulary (tokenizer.ggml.model 'gpt2')?")
+        raise m.fail(
+            f"tokenizer.ggml.model {kind!r} (SentencePiece) needs a byte token such as "
+            f"<0x{missing[0]:02X}> for every byte, and {len(missing)} are missing: is it a BPE "
+            "vocabulary (tokenizer.ggml.model 'gpt2')?"
+        )
 
 
 # -- tensors ----------------------------------------------------------------------
@@ -292,18 +316,24 @@ def check_tensor_alignment(m: _Model) -> None:
     for tensor in m.header.tensors:
         start = m.header.data_offset + tensor.offset
         if start % TENSOR_ALIGNMENT:
-            raise m.fail(f"tensor {tensor.name!r} starts at byte {start}, not on a {TENSOR_ALIGNMENT}-byte "
-                         f"boundary (general.alignment {m.header.metadata.get('general.alignment')})")
+            raise m.fail(
+                f"tensor {tensor.name!r} starts at byte {start}, not on a {TENSOR_ALIGNMENT}-byte "
+                f"boundary (general.alignment {m.header.metadata.get('general.alignment')})"
+            )
 
 
 def check_tensor_types(m: _Model) -> None:
     for tensor in m.header.tensors:
         if _role(tensor) == "vector" and tensor.ggml_type != F32:
-            raise m.fail(f"tensor {tensor.name!r} is {tensor.type_name}; norm weights and biases must be F32 "
-                         "(ggml adds and multiplies them with F32 activations only)")
+            raise m.fail(
+                f"tensor {tensor.name!r} is {tensor.type_name}; norm weights and biases must be F32 "
+                "(ggml adds and multiplies them with F32 activations only)"
+            )
         if tensor.ggml_type not in WEIGHT_TYPES:
-            raise m.fail(f"tensor {tensor.name!r} is {tensor.type_name}, a type ggml's CPU backend cannot "
-                         "multiply by or look rows up in")
+            raise m.fail(
+                f"tensor {tensor.name!r} is {tensor.type_name}, a type ggml's CPU backend cannot "
+                "multiply by or look rows up in"
+            )
 
 
 def check_tensor_shapes(m: _Model) -> None:
@@ -313,9 +343,11 @@ def check_tensor_shapes(m: _Model) -> None:
     for tensor in m.header.tensors:
         shape = expected(tensor.name)
         if shape is not None and tuple(tensor.shape) != shape:
-            raise m.fail(f"tensor {tensor.name!r} has shape {list(tensor.shape)}, but the hyperparameters "
-                         f"({m.arch}.embedding_length, head counts and sizes, feed_forward_length, vocabulary) "
-                         f"make it {list(shape)}")
+            raise m.fail(
+                f"tensor {tensor.name!r} has shape {list(tensor.shape)}, but the hyperparameters "
+                f"({m.arch}.embedding_length, head counts and sizes, feed_forward_length, vocabulary) "
+                f"make it {list(shape)}"
+            )
 
 
 def _expected_shapes(m: _Model) -> Callable[[str], tuple[int, ...] | None]:
@@ -326,21 +358,31 @@ def _expected_shapes(m: _Model) -> Callable[[str], tuple[int, ...] | None]:
     if heads is None or not n_embd or n_ff is None:
         return lambda name: None
     n_vocab = len(tokens) if tokens else None
-    model_wide = {"output_norm.weight": (n_embd,)}
+    model_wide: dict[str, tuple[int, ...]] = {"output_norm.weight": (n_embd,)}
     if n_vocab:
         model_wide |= {"token_embd.weight": (n_embd, n_vocab), "output.weight": (n_embd, n_vocab)}
 
     def layer_shape(il: int, role: str) -> tuple[int, ...] | None:
-        q, kv_k, kv_v = heads.n_head[il] * heads.head_k, heads.n_head_kv[il] * heads.head_k, \
-            heads.n_head_kv[il] * heads.head_v
+        q, kv_k, kv_v = (
+            heads.n_head[il] * heads.head_k,
+            heads.n_head_kv[il] * heads.head_k,
+            heads.n_head_kv[il] * heads.head_v,
+        )
         up = 2 * n_ff[il] if m.arch == "phi3" else n_ff[il]
         return {
-            "attn_q.weight": (n_embd, q), "attn_k.weight": (n_embd, kv_k), "attn_v.weight": (n_embd, kv_v),
-            "attn_qkv.weight": (n_embd, q + kv_k + kv_v), "attn_output.weight": (heads.n_head[il] * heads.head_v,
-                                                                                 n_embd),
-            "attn_q.bias": (q,), "attn_k.bias": (kv_k,), "attn_v.bias": (kv_v,),
-            "attn_q_norm.weight": (heads.head_k,), "attn_k_norm.weight": (heads.head_k,),
-            "ffn_gate.weight": (n_embd, n_ff[il]), "ffn_up.weight": (n_embd, up), "ffn_down.weight": (n_ff[il], n_embd),
+            "attn_q.weight": (n_embd, q),
+            "attn_k.weight": (n_embd, kv_k),
+            "attn_v.weight": (n_embd, kv_v),
+            "attn_qkv.weight": (n_embd, q + kv_k + kv_v),
+            "attn_output.weight": (heads.n_head[il] * heads.head_v, n_embd),
+            "attn_q.bias": (q,),
+            "attn_k.bias": (kv_k,),
+            "attn_v.bias": (kv_v,),
+            "attn_q_norm.weight": (heads.head_k,),
+            "attn_k_norm.weight": (heads.head_k,),
+            "ffn_gate.weight": (n_embd, n_ff[il]),
+            "ffn_up.weight": (n_embd, up),
+            "ffn_down.weight": (n_ff[il], n_embd),
         }.get(role, (n_embd,) if role.endswith("norm.weight") else None)
 
     def expected(name: str) -> tuple[int, ...] | None:
@@ -353,10 +395,24 @@ def _expected_shapes(m: _Model) -> Callable[[str], tuple[int, ...] | None]:
 
 
 CHECKS: tuple[Callable[[_Model], None], ...] = (
-    check_architecture, check_block_count, check_context_length, check_nextn_layers, check_experts,
-    check_rope_scaling, check_norm_epsilon, check_head_counts, check_head_dims, check_rope_dims, check_swa_pattern,
-    check_tokenizer_model, check_text_values, check_token_strings, check_byte_fallback,
-    check_tensor_alignment, check_tensor_types, check_tensor_shapes,
+    check_architecture,
+    check_block_count,
+    check_context_length,
+    check_nextn_layers,
+    check_experts,
+    check_rope_scaling,
+    check_norm_epsilon,
+    check_head_counts,
+    check_head_dims,
+    check_rope_dims,
+    check_swa_pattern,
+    check_tokenizer_model,
+    check_text_values,
+    check_token_strings,
+    check_byte_fallback,
+    check_tensor_alignment,
+    check_tensor_types,
+    check_tensor_shapes,
 )
 
 

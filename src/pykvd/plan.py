@@ -66,8 +66,13 @@ def plan(model, context: int, budget: int, *, n_sink: int = 4) -> list[PlanRow]:
     matmul = sum(2 * w for w in weights_per_layer(model)) * evicted
     attention = sum(4 * layer.n_head * layer.head_dim_k * (n_sink + evicted / 2) for layer in layers) * evicted
     rows.append(PlanRow("kvdirect", "tokens", int(hot * per_cell), 4 * context, 0, (matmul + attention) / 1e9, True))
-    projections = sum(2 * info.n_embd * (layer.n_head * layer.head_dim_k + layer.n_embd_k_gqa + layer.n_embd_v_gqa)
-                      for layer in layers) * evicted
+    projections = (
+        sum(
+            2 * info.n_embd * (layer.n_head * layer.head_dim_k + layer.n_embd_k_gqa + layer.n_embd_v_gqa)
+            for layer in layers
+        )
+        * evicted
+    )
     residual_bytes = 4 * info.n_embd * info.n_layer * context
     rows.append(PlanRow("kvdirect", "residuals", int(hot * per_cell), residual_bytes, 0, projections / 1e9, True))
     return rows
@@ -76,12 +81,16 @@ def plan(model, context: int, budget: int, *, n_sink: int = 4) -> list[PlanRow]:
 def format_plan(model, context: int, budget: int, rows: list[PlanRow]) -> str:
     from .memory import format_bytes
 
-    lines = [f"{model.path.name}: context {context} tokens, KV budget {budget} tokens "
-             f"({measured_bytes_per_cell(model):.0f} bytes per cell, measured)",
-             f"{'policy':<10} {'checkpoint':<10} {'KV buffer':>12} {'checkpoints':>12} {'total':>12} "
-             f"{'forgotten':>9} {'GFLOP/step':>11}  exact"]
+    lines = [
+        f"{model.path.name}: context {context} tokens, KV budget {budget} tokens "
+        f"({measured_bytes_per_cell(model):.0f} bytes per cell, measured)",
+        f"{'policy':<10} {'checkpoint':<10} {'KV buffer':>12} {'checkpoints':>12} {'total':>12} "
+        f"{'forgotten':>9} {'GFLOP/step':>11}  exact",
+    ]
     for r in rows:
-        lines.append(f"{r.policy:<10} {r.checkpoint:<10} {format_bytes(r.kv_bytes):>12} "
-                     f"{format_bytes(r.checkpoint_bytes):>12} {format_bytes(r.kv_bytes + r.checkpoint_bytes):>12} "
-                     f"{r.forgotten_tokens:>9} {r.recompute_gflop_per_step:>11.3f}  {'yes' if r.exact else 'no'}")
+        lines.append(
+            f"{r.policy:<10} {r.checkpoint:<10} {format_bytes(r.kv_bytes):>12} "
+            f"{format_bytes(r.checkpoint_bytes):>12} {format_bytes(r.kv_bytes + r.checkpoint_bytes):>12} "
+            f"{r.forgotten_tokens:>9} {r.recompute_gflop_per_step:>11.3f}  {'yes' if r.exact else 'no'}"
+        )
     return "\n".join(lines)

@@ -101,8 +101,14 @@ def probe_timeout() -> float:
 # -- the parent's side -------------------------------------------------------
 
 
-def ensure_loadable(path: Path, data_offset: int, params: LoadParams, *, timeout_s: float | None = None,
-                    cache: VerdictCache | None = None) -> Verdict:
+def ensure_loadable(
+    path: Path,
+    data_offset: int,
+    params: LoadParams,
+    *,
+    timeout_s: float | None = None,
+    cache: VerdictCache | None = None,
+) -> Verdict:
     """Raise InvalidModelError unless a child process loads and runs path; cached verdicts are reused."""
     timeout_s = probe_timeout() if timeout_s is None else timeout_s
     cache = VerdictCache.default() if cache is None else cache
@@ -121,17 +127,43 @@ def run_probe(path: Path, params: LoadParams, *, timeout_s: float) -> Verdict:
     env = dict(os.environ)
     # ggml's abort handler would otherwise attach gdb to print a backtrace: slow, and noise here.
     env["GGML_NO_BACKTRACE"] = "1"
-    command = [sys.executable, "-m", "pykvd.probe", str(path), "--n-gpu-layers", str(params.n_gpu_layers),
-               "--use-mmap", str(int(params.use_mmap)), "--use-extra-bufts", str(int(params.use_extra_bufts)),
-               "--flash-attn", str(params.flash_attn)]
+    command = [
+        sys.executable,
+        "-m",
+        "pykvd.probe",
+        str(path),
+        "--n-gpu-layers",
+        str(params.n_gpu_layers),
+        "--use-mmap",
+        str(int(params.use_mmap)),
+        "--use-extra-bufts",
+        str(int(params.use_extra_bufts)),
+        "--flash-attn",
+        str(params.flash_attn),
+    ]
     try:
-        done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace",
-                              timeout=timeout_s, env=env, check=False)
+        done = subprocess.run(
+            command,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=timeout_s,
+            env=env,
+            check=False,
+        )
     except subprocess.TimeoutExpired as expired:
         stage = _last_stage(_text(expired.stdout))
-        return Verdict(False, "timeout", timeout_s=timeout_s, message=(
-            f"{path}: llama.cpp did not finish {stage} within {timeout_s:g} s in a probe process (the file may make "
-            f"it loop forever); raise {TIMEOUT_ENV} for a slow machine, or pass probe=False for a trusted file"))
+        return Verdict(
+            False,
+            "timeout",
+            timeout_s=timeout_s,
+            message=(
+                f"{path}: llama.cpp did not finish {stage} within {timeout_s:g} s in a probe process "
+                f"(the file may make it loop forever); raise {TIMEOUT_ENV} for a slow machine, "
+                "or pass probe=False for a trusted file"
+            ),
+        )
     return _verdict_of(path, done, timeout_s)
 
 
@@ -140,18 +172,33 @@ def _verdict_of(path: Path, done: subprocess.CompletedProcess, timeout_s: float)
     if done.returncode < 0:
         name = _signal_name(-done.returncode)
         detail = _native_complaint(done.stderr)
-        return Verdict(False, "signal", timeout_s=timeout_s, message=(
-            f"{path}: llama.cpp crashed ({name}) while {stage} in a probe process"
-            + (f": {detail}" if detail else "")))
+        return Verdict(
+            False,
+            "signal",
+            timeout_s=timeout_s,
+            message=(
+                f"{path}: llama.cpp crashed ({name}) while {stage} in a probe process"
+                + (f": {detail}" if detail else "")
+            ),
+        )
     result = _last_result(done.stdout)
     if done.returncode == 0 and result is not None and result.get("ok"):
         return Verdict(True, "ok", timeout_s=timeout_s)
     if result is not None and not result.get("ok"):
-        return Verdict(False, "error", message=str(result.get("message", "")), timeout_s=timeout_s,
-                       error_class=str(result.get("error_class", InvalidModelError.__name__)))
+        return Verdict(
+            False,
+            "error",
+            message=str(result.get("message", "")),
+            timeout_s=timeout_s,
+            error_class=str(result.get("error_class", InvalidModelError.__name__)),
+        )
     detail = _native_complaint(done.stderr) or "no result"
-    return Verdict(False, "error", timeout_s=timeout_s, message=(
-        f"{path}: the probe process exited with status {done.returncode} while {stage}: {detail}"))
+    return Verdict(
+        False,
+        "error",
+        timeout_s=timeout_s,
+        message=(f"{path}: the probe process exited with status {done.returncode} while {stage}: {detail}"),
+    )
 
 
 def _signal_name(number: int) -> str:
@@ -168,7 +215,7 @@ def _text(output: str | bytes | None) -> str:
 
 
 def _last_stage(stdout: str) -> str:
-    stages = [line[len(_STAGE_PREFIX):] for line in stdout.splitlines() if line.startswith(_STAGE_PREFIX)]
+    stages = [line[len(_STAGE_PREFIX) :] for line in stdout.splitlines() if line.startswith(_STAGE_PREFIX)]
     return stages[-1] if stages else "starting"
 
 
@@ -176,7 +223,7 @@ def _last_result(stdout: str) -> dict | None:
     for line in reversed(stdout.splitlines()):
         if line.startswith(_RESULT_PREFIX):
             try:
-                return json.loads(line[len(_RESULT_PREFIX):])
+                return json.loads(line[len(_RESULT_PREFIX) :])
             except ValueError:
                 return None
     return None
@@ -199,8 +246,12 @@ def verdict_key(path: Path, data_offset: int, params: LoadParams) -> str:
     resolved = Path(path).resolve()
     stat = resolved.stat()
     identity = {
-        "path": str(resolved), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-        "header_sha256": _header_sha256(resolved, data_offset), "build": _build_id(), "params": asdict(params),
+        "path": str(resolved),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "header_sha256": _header_sha256(resolved, data_offset),
+        "build": _build_id(),
+        "params": asdict(params),
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
@@ -308,12 +359,20 @@ def _exercise(path: str, params: LoadParams) -> None:
     from ._llama import native
 
     _stage("loading the model")
-    model = native.Model(path, n_gpu_layers=params.n_gpu_layers, use_mmap=params.use_mmap,
-                         use_extra_bufts=params.use_extra_bufts)
+    model = native.Model(
+        path, n_gpu_layers=params.n_gpu_layers, use_mmap=params.use_mmap, use_extra_bufts=params.use_extra_bufts
+    )
     _stage("creating a context")
     # One thread: ggml's spinning thread barriers crawl on a loaded machine, and nothing probed depends on it.
-    context = native.Context(model, n_ctx=PROBE_N_CTX, n_batch=PROBE_N_CTX, n_ubatch=PROBE_N_CTX,
-                             n_threads=1, n_threads_batch=1, flash_attn=params.flash_attn)
+    context = native.Context(
+        model,
+        n_ctx=PROBE_N_CTX,
+        n_batch=PROBE_N_CTX,
+        n_ubatch=PROBE_N_CTX,
+        n_threads=1,
+        n_threads_batch=1,
+        flash_attn=params.flash_attn,
+    )
     _stage("tokenizing")
     tokens = list(model.tokenize(PROBE_TEXT, True, False))[:PROBE_BATCH_TOKENS]
     if not tokens:

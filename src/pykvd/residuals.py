@@ -3,7 +3,6 @@ re-injection runs before its arrays reach llama.cpp."""
 
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 import numpy as np
@@ -61,8 +60,9 @@ class ResidualCapture:
             if absent:
                 raise ResidualError(f"positions {absent[:8]} were not captured")
             rows = np.array([index[int(p)] for p in wanted], dtype=np.int64)
-        return np.ascontiguousarray(np.stack([_joined(self._rows[layer], (0, 0), np.float32)[rows]
-                                              for layer in layers]))
+        return np.ascontiguousarray(
+            np.stack([_joined(self._rows[layer], (0, 0), np.float32)[rows] for layer in layers])
+        )
 
 
 def _joined(chunks: list[np.ndarray], empty_shape: tuple[int, ...], dtype) -> np.ndarray:
@@ -87,8 +87,9 @@ def checked_positions(positions, n_known: int) -> np.ndarray:
     if np.any(np.diff(array.astype(np.int64)) <= 0):
         raise ResidualError("positions must be strictly increasing")
     if array[0] < 0 or array[-1] >= n_known:
-        raise IndexOutOfRangeError(f"positions must lie in the sequence [0, {n_known}); "
-                                   f"got {int(array[0])}..{int(array[-1])}")
+        raise IndexOutOfRangeError(
+            f"positions must lie in the sequence [0, {n_known}); got {int(array[0])}..{int(array[-1])}"
+        )
     return array.astype(np.int32)
 
 

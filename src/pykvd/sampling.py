@@ -39,16 +39,24 @@ class SamplingParams:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        _check(_finite(self.temperature) and 0 <= self.temperature <= _MAX_SCALE,
-               f"temperature must be a number in [0, {_MAX_SCALE:g}]")
-        _check(_integer(self.top_k) and 0 <= self.top_k <= _MAX_INT32,
-               "top_k must be an integer >= 0 (0 disables it) below 2**31")
+        _check(
+            _finite(self.temperature) and 0 <= self.temperature <= _MAX_SCALE,
+            f"temperature must be a number in [0, {_MAX_SCALE:g}]",
+        )
+        _check(
+            _integer(self.top_k) and 0 <= self.top_k <= _MAX_INT32,
+            "top_k must be an integer >= 0 (0 disables it) below 2**31",
+        )
         _check(_finite(self.top_p) and 0 < self.top_p <= 1, "top_p must be in (0, 1]")
         _check(_finite(self.min_p) and 0 <= self.min_p <= 1, "min_p must be in [0, 1]")
-        _check(_finite(self.repeat_penalty) and 1 / _MAX_SCALE <= self.repeat_penalty <= _MAX_SCALE,
-               f"repeat_penalty must be a number in [{1 / _MAX_SCALE:g}, {_MAX_SCALE:g}]")
-        _check(_integer(self.repeat_last_n) and 0 <= self.repeat_last_n <= _MAX_INT32,
-               "repeat_last_n must be an integer >= 0 below 2**31")
+        _check(
+            _finite(self.repeat_penalty) and 1 / _MAX_SCALE <= self.repeat_penalty <= _MAX_SCALE,
+            f"repeat_penalty must be a number in [{1 / _MAX_SCALE:g}, {_MAX_SCALE:g}]",
+        )
+        _check(
+            _integer(self.repeat_last_n) and 0 <= self.repeat_last_n <= _MAX_INT32,
+            "repeat_last_n must be an integer >= 0 below 2**31",
+        )
         _check(
             self.seed is None or (_integer(self.seed) and 0 <= self.seed <= _MAX_SEED),
             f"seed must be an integer in [0, {_MAX_SEED}] or None",

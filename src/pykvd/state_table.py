@@ -41,6 +41,8 @@ def format_table(rows: list[StateRow]) -> str:
     kv = rows[0].bytes_per_token
     lines = [f"{'state per token':<30} {'bytes':>9} {'KiB':>9} {'x KV':>7}"]
     for row in rows:
-        lines.append(f"{row.name:<30} {row.bytes_per_token:>9} {row.bytes_per_token / 1024:>9.2f} "
-                     f"{row.bytes_per_token / kv:>7.2f}")
+        lines.append(
+            f"{row.name:<30} {row.bytes_per_token:>9} {row.bytes_per_token / 1024:>9.2f} "
+            f"{row.bytes_per_token / kv:>7.2f}"
+        )
     return "\n".join(lines)

@@ -15,8 +15,10 @@ from .errors import ArgumentError
 from .model import LoadedModel
 from .session import Session
 
-PROMPT = ("The residual stream carries everything a transformer knows about a token: "
-          "keys and values are only projections of it, so a cache can be rebuilt exactly.")
+PROMPT = (
+    "The residual stream carries everything a transformer knows about a token: "
+    "keys and values are only projections of it, so a cache can be rebuilt exactly."
+)
 
 
 @dataclass
@@ -136,6 +138,7 @@ def restore(model: LoadedModel, prompt: str = PROMPT, n_steps: int = 32) -> list
         def method(session, capture):
             session.refill(capture, layers=range(0, c))
             session.forward_layers(capture.stack(range(c, c + 1))[0], capture.positions, c, n_layer)
+
         return method
 
     def re_prefill(session, capture):
@@ -158,7 +161,9 @@ def restore(model: LoadedModel, prompt: str = PROMPT, n_steps: int = 32) -> list
     return checks
 
 
-def verify(model: LoadedModel, *, cacheless_steps: int = 64, restore_steps: int = 32, prompt: str = PROMPT) -> VerifyReport:
+def verify(
+    model: LoadedModel, *, cacheless_steps: int = 64, restore_steps: int = 32, prompt: str = PROMPT
+) -> VerifyReport:
     n_tokens = len(model.tokenize(prompt))
     _check_steps(model, n_tokens, cacheless_steps=cacheless_steps, restore_steps=restore_steps)
     report = VerifyReport(model=model.path.name, architecture=model.info.architecture, n_tokens=n_tokens)
@@ -173,24 +178,32 @@ def _check_steps(model: LoadedModel, n_tokens: int, **steps: int) -> None:
     room = model.info.n_ctx_train - n_tokens
     for name, value in steps.items():
         if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= room:
-            raise ArgumentError(f"{name} must be an integer in [1, {room}] (the trained context after the "
-                                f"{n_tokens}-token prompt), not {value!r}")
+            raise ArgumentError(
+                f"{name} must be an integer in [1, {room}] (the trained context after the "
+                f"{n_tokens}-token prompt), not {value!r}"
+            )
 
 
 def format_report(report: VerifyReport) -> str:
     """The per-layer table and a summary, as `pykvd verify` prints them."""
-    lines = [f"{report.model} ({report.architecture}), prompt of {report.n_tokens} tokens",
-             f"{'layer':>5}  {'kind':<7}  {'max|dK|':>10}  {'max|dV|':>10}"]
+    lines = [
+        f"{report.model} ({report.architecture}), prompt of {report.n_tokens} tokens",
+        f"{'layer':>5}  {'kind':<7}  {'max|dK|':>10}  {'max|dV|':>10}",
+    ]
     for c in report.recoverability:
         lines.append(f"{c.layer:>5}  {c.kind:<7}  {c.max_dk:>10.3g}  {c.max_dv:>10.3g}")
     for kind in sorted({c.kind for c in report.recoverability}):
         rows = [c for c in report.recoverability if c.kind == kind]
         worst = max(max(c.max_dk, c.max_dv) for c in rows)
-        lines.append(f"recoverability, {len(rows)} {kind} layers: max |dK|,|dV| = {worst:.3g}"
-                     f"  {'OK' if worst == 0 else 'MISMATCH'}")
+        lines.append(
+            f"recoverability, {len(rows)} {kind} layers: max |dK|,|dV| = {worst:.3g}"
+            f"  {'OK' if worst == 0 else 'MISMATCH'}"
+        )
     for check in ([report.cacheless] if report.cacheless else []) + report.restore:
-        lines.append(f"{check.name}: {check.n_steps} steps, tokens "
-                     f"{'identical' if check.tokens_identical else 'DIFFER'}, max |dlogit| = "
-                     f"{check.max_dlogit:.3g}  {'OK' if check.ok else 'MISMATCH'}")
+        lines.append(
+            f"{check.name}: {check.n_steps} steps, tokens "
+            f"{'identical' if check.tokens_identical else 'DIFFER'}, max |dlogit| = "
+            f"{check.max_dlogit:.3g}  {'OK' if check.ok else 'MISMATCH'}"
+        )
     lines.append(f"{report.model}: {'all checks exact' if report.ok else 'MISMATCH'}")
     return "\n".join(lines)

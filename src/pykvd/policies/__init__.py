@@ -26,8 +26,9 @@ def checked_n_sink(n_sink) -> int:
     return int(n_sink)
 
 
-def make_policy(name: str, budget: int | None, *, n_sink: int = 4, checkpoint: str | None = None,
-                n_layer: int = 0, n_embd: int = 0) -> CachePolicy:
+def make_policy(
+    name: str, budget: int | None, *, n_sink: int = 4, checkpoint: str | None = None, n_layer: int = 0, n_embd: int = 0
+) -> CachePolicy:
     """The policy called name. checkpoint ("tokens" or "residuals") applies to kvdirect only;
     n_layer and n_embd size its residual checkpoint."""
     n_sink = checked_n_sink(n_sink)
@@ -41,8 +42,14 @@ def make_policy(name: str, budget: int | None, *, n_sink: int = 4, checkpoint: s
     if cls.takes_budget and budget is None:
         raise PolicyError(f"policy {name!r} needs a kv_budget")
     if cls.checkpoints:
-        policy = cls(budget, n_sink=n_sink, checkpoint=cls.checkpoints[0] if checkpoint is None else checkpoint,
-                     n_layer=n_layer, n_embd=n_embd)
+        # A policy that declares checkpoint kinds takes one, with the model's geometry to size it.
+        policy = cls(  # type: ignore[call-arg]
+            budget,
+            n_sink=n_sink,
+            checkpoint=cls.checkpoints[0] if checkpoint is None else checkpoint,
+            n_layer=n_layer,
+            n_embd=n_embd,
+        )
     elif checkpoint is not None:
         keepers = [n for n, c in POLICIES.items() if c.checkpoints]
         raise PolicyError(f"policy {name!r} keeps no checkpoint (checkpoint kinds apply to {', '.join(keepers)})")

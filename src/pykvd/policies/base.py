@@ -7,7 +7,7 @@ import bisect
 
 import numpy as np
 
-from ..errors import BudgetError
+from ..errors import BudgetError, PolicyError
 from ..outputs import Outputs
 
 
@@ -36,6 +36,13 @@ class CachePolicy:
         self.hot: list[int] = []  # sorted positions held in cells
 
     @property
+    def cells(self) -> int:
+        """The budget, for the policies that always have one (make_policy gives every one but full)."""
+        if self.budget is None:
+            raise PolicyError(f"policy {self.name!r} needs a kv_budget")
+        return self.budget
+
+    @property
     def bounded(self) -> bool:
         return self.budget is not None
 
@@ -47,23 +54,25 @@ class CachePolicy:
     def check_budget(self) -> None:
         """BudgetError unless the budget leaves a cell beyond the protected tokens: make_room must always
         find its victims, or a decode would fail halfway through a prompt."""
-        if self.bounded and self.budget <= self.protected:
-            raise BudgetError(f"policy {self.name!r} never evicts {self.protected} of its hot tokens (sinks or "
-                              f"recent window), so a KV budget of {self.budget} tokens leaves it no room: "
-                              "use a larger budget")
+        if self.budget is not None and self.budget <= self.protected:
+            raise BudgetError(
+                f"policy {self.name!r} never evicts {self.protected} of its hot tokens (sinks or "
+                f"recent window), so a KV budget of {self.budget} tokens leaves it no room: "
+                "use a larger budget"
+            )
 
     def max_new_tokens(self) -> int:
         """The most tokens one decode may add: they all need cells at once. Policies that choose
         by attention take half of what they could, so that part of the older tokens can survive
         each chunk of a prompt longer than the budget."""
-        if not self.bounded:
+        if self.budget is None:
             return 1 << 31
         free = self.budget - self.protected
         return max(1, free // 2) if self.needs_attention else free
 
     def make_room(self, ctx, n_new: int) -> list[int]:
         """Evict enough hot tokens for n_new more; returns the evicted positions."""
-        if not self.bounded:
+        if self.budget is None:
             return []
         excess = len(self.hot) + n_new - self.budget
         if excess <= 0:
@@ -92,7 +101,7 @@ class CachePolicy:
 
     def truncate(self, n: int) -> None:
         """The sequence was cut back to its first n positions."""
-        self.hot = self.hot[:bisect.bisect_left(self.hot, n)]
+        self.hot = self.hot[: bisect.bisect_left(self.hot, n)]
 
     def decode(self, ctx, tokens: np.ndarray, pos: int, outputs: Outputs) -> np.ndarray | None:
         """Decode tokens at pos once make_room has run. Returns their logits when the policy computes
@@ -131,7 +140,7 @@ class ScoredCache(CachePolicy):
         self.score: dict[int, float] = {}
 
     def victims(self, n: int) -> list[int]:
-        candidates = self.hot[:len(self.hot) - self.protected]
+        candidates = self.hot[: len(self.hot) - self.protected]
         return sorted(candidates, key=lambda p: (self.score.get(p, 0.0), p))[:n]
 
     def forget(self, positions) -> None:

@@ -16,7 +16,7 @@ class HeavyHitters(ScoredCache):
 
     @property
     def protected(self) -> int:
-        return min(max(1, self.budget // 2), self.budget - 1)
+        return min(max(1, self.cells // 2), self.cells - 1)
 
     def observe(self, ctx, first_pos: int, n: int) -> None:
         positions, total, _, _ = ctx.attention_scores()

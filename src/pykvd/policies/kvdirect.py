@@ -62,8 +62,9 @@ class KVDirect(StreamingSinks):
     needs_layer_hooks = True
     allows_capture = False
 
-    def __init__(self, budget: int | None, *, n_sink: int = 4, checkpoint: str = "tokens",
-                 n_layer: int = 0, n_embd: int = 0):
+    def __init__(
+        self, budget: int | None, *, n_sink: int = 4, checkpoint: str = "tokens", n_layer: int = 0, n_embd: int = 0
+    ):
         super().__init__(budget, n_sink=n_sink)
         if checkpoint not in CHECKPOINTS:
             raise PolicyError(f"unknown checkpoint kind {checkpoint!r} (choose from {', '.join(CHECKPOINTS)})")
@@ -91,8 +92,9 @@ class KVDirect(StreamingSinks):
             logits, _ = ctx.decode_ephemeral(tokens, pos, self._store.take(eph), eph, outputs=flags)
         else:
             eph_h = self._store.take(eph) if len(eph) else np.zeros((self._layers[0], 0, self._layers[1]), np.float32)
-            logits, h = ctx.decode_ephemeral(tokens, pos, np.zeros(len(eph), np.int32), eph, eph_h, capture=True,
-                                             outputs=flags)
+            logits, h = ctx.decode_ephemeral(
+                tokens, pos, np.zeros(len(eph), np.int32), eph, eph_h, capture=True, outputs=flags
+            )
             self._store.put(pos, h)
         return logits
 

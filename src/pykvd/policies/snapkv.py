@@ -22,7 +22,7 @@ class SnapKV(ScoredCache):
 
     def __init__(self, budget: int | None, *, n_sink: int = 4):
         super().__init__(budget, n_sink=n_sink)
-        self.window = max(1, min(32, budget // 4))
+        self.window = max(1, min(32, self.cells // 4))
         self.attention_window = self.window
 
     @property
