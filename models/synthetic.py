@@ -29,6 +29,12 @@ Every file follows what the pinned llama.cpp expects for its architecture
 * ``gpt-oss`` (llama.cpp's openai-moe) - sliding-window and full layers in
   turn, attention sinks, biased projections and a biased expert FFN.
 
+One architecture without attention is written too, so tests can check that
+pykvd refuses its layer hooks yet still runs it:
+
+* ``mamba``  - selective state-space layers (llama.cpp's LLM_ARCH_MAMBA):
+  recurrent state instead of a KV cache, no attention heads.
+
 All files share one tokenizer: the 256 GPT-2 byte tokens, a few merges and
 the chat's special tokens (about 300 tokens).
 
@@ -321,6 +327,18 @@ _MISSING = set(ARCHITECTURES) - set(ARCH_SPECS)
 if _MISSING:
     raise RuntimeError(f"models/synthetic.py has no spec for {sorted(_MISSING)}, which llama-kvd supports")
 
+# Architectures with recurrent state and no layer hooks, written so tests can check that pykvd refuses
+# capture, re-injection and kvdirect on them while they still generate.
+RECURRENT_ARCHITECTURES: tuple[str, ...] = ("mamba",)
+
+# Mamba's dimensions.  llama.cpp supports only an expansion factor of 2 (d_inner == 2 * n_embd).
+MAMBA_CHAT = CHATML_CHAT
+MAMBA_RMS_EPS = 1e-5
+MAMBA_D_INNER = 2 * N_EMBD
+MAMBA_D_CONV = 4
+MAMBA_D_STATE = 16
+MAMBA_DT_RANK = 4
+
 
 @dataclass(frozen=True)
 class Vocab:
@@ -489,6 +507,47 @@ def _add_hparams(writer: gguf.GGUFWriter, arch: str, n_layer: int) -> None:
             writer.add_uint32(f"{arch}.{key}", value)
 
 
+def _mamba_layer_tensors(rng: np.random.Generator) -> Iterator[tuple[str, np.ndarray]]:
+    """One Mamba block, shaped as llama_model_mamba::load_arch_tensors creates it."""
+    d_inner, d_state = MAMBA_D_INNER, MAMBA_D_STATE
+    yield "attn_norm.weight", _norm(rng, N_EMBD)
+    yield "ssm_in.weight", _matrix(rng, 2 * d_inner, N_EMBD)
+    # ggml's ssm_conv and ssm_scan read the conv kernel, A and D as F32 only.
+    yield "ssm_conv1d.weight", _matrix(rng, d_inner, MAMBA_D_CONV).astype(np.float32)
+    yield "ssm_conv1d.bias", _bias(rng, d_inner)
+    yield "ssm_x.weight", _matrix(rng, MAMBA_DT_RANK + 2 * d_state, d_inner)
+    yield "ssm_dt.weight", _matrix(rng, d_inner, MAMBA_DT_RANK)
+    yield "ssm_dt.bias", _bias(rng, d_inner)
+    # Converters store A = -exp(A_log): negative, so the state decays instead of blowing up.
+    yield "ssm_a", -np.tile(np.arange(1, d_state + 1, dtype=np.float32), (d_inner, 1))
+    yield "ssm_d", _norm(rng, d_inner)
+    yield "ssm_out.weight", _matrix(rng, N_EMBD, d_inner)
+
+
+def _mamba_tensors(n_layer: int, n_vocab: int, rng: np.random.Generator) -> Iterator[tuple[str, np.ndarray]]:
+    yield "token_embd.weight", _matrix(rng, n_vocab, N_EMBD)
+    for il in range(n_layer):
+        for name, data in _mamba_layer_tensors(rng):
+            yield f"blk.{il}.{name}", data
+    yield "output_norm.weight", _norm(rng, N_EMBD)
+
+
+def _add_mamba_hparams(writer: gguf.GGUFWriter, n_layer: int) -> None:
+    writer.add_name("tiny-mamba")
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+    writer.add_context_length(CONTEXT_LENGTH)
+    writer.add_embedding_length(N_EMBD)
+    writer.add_block_count(n_layer)
+    # As real Mamba files do: no FFN and no attention heads.
+    writer.add_feed_forward_length(0)
+    writer.add_head_count(0)
+    writer.add_layer_norm_rms_eps(MAMBA_RMS_EPS)
+    writer.add_uint32("mamba.ssm.conv_kernel", MAMBA_D_CONV)
+    writer.add_uint32("mamba.ssm.inner_size", MAMBA_D_INNER)
+    writer.add_uint32("mamba.ssm.state_size", MAMBA_D_STATE)
+    writer.add_uint32("mamba.ssm.time_step_rank", MAMBA_DT_RANK)
+
+
 def _add_tokenizer(writer: gguf.GGUFWriter, vocab: Vocab, chat: ChatFormat) -> None:
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(TOKENIZER_PRE)
@@ -515,24 +574,31 @@ def write_tiny_gguf(
     The same ``arch``, ``seed`` and ``n_layer`` always produce the same bytes.
     ``n_layer`` defaults to 4 (6 for gemma3, giving five sliding-window layers
     and one global layer; gemma3 makes every sixth layer global, so fewer
-    than six layers are all sliding-window; gemma2 and gpt-oss alternate).  Returns ``path`` as a
+    than six layers are all sliding-window; gemma2 and gpt-oss alternate).
+    ``arch`` may also be one of RECURRENT_ARCHITECTURES.  Returns ``path`` as a
     ``pathlib.Path``.
     """
-    if arch not in ARCH_SPECS:
-        raise ValueError(f"unknown architecture {arch!r}; expected one of {ARCHITECTURES}")
-    spec = ARCH_SPECS[arch]
-    n_layer = spec.default_n_layer if n_layer is None else n_layer
+    if arch not in ARCH_SPECS and arch not in RECURRENT_ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; expected one of {ARCHITECTURES + RECURRENT_ARCHITECTURES}")
+    recurrent = arch in RECURRENT_ARCHITECTURES
+    n_layer = (DEFAULT_N_LAYER if recurrent else ARCH_SPECS[arch].default_n_layer) if n_layer is None else n_layer
     if n_layer < 1:
         raise ValueError(f"n_layer must be at least 1, got {n_layer}")
 
     path = pathlib.Path(path)
-    vocab = build_vocab(spec.chat)
+    chat = MAMBA_CHAT if recurrent else ARCH_SPECS[arch].chat
+    vocab = build_vocab(chat)
     rng = np.random.default_rng(seed)
 
     writer = gguf.GGUFWriter(path, arch)
-    _add_hparams(writer, arch, n_layer)
-    _add_tokenizer(writer, vocab, spec.chat)
-    for name, data in _tensors(arch, n_layer, len(vocab.tokens), rng):
+    if recurrent:
+        _add_mamba_hparams(writer, n_layer)
+        tensors = _mamba_tensors(n_layer, len(vocab.tokens), rng)
+    else:
+        _add_hparams(writer, arch, n_layer)
+        tensors = _tensors(arch, n_layer, len(vocab.tokens), rng)
+    _add_tokenizer(writer, vocab, chat)
+    for name, data in tensors:
         writer.add_tensor(name, data)
 
     writer.write_header_to_file()
@@ -544,7 +610,9 @@ def write_tiny_gguf(
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Write tiny random-weight GGUF models for tests.")
-    parser.add_argument("arch", nargs="?", choices=ARCHITECTURES, help="architecture to write")
+    parser.add_argument(
+        "arch", nargs="?", choices=ARCHITECTURES + RECURRENT_ARCHITECTURES, help="architecture to write"
+    )
     parser.add_argument("out", nargs="?", type=pathlib.Path, help="output .gguf path")
     parser.add_argument(
         "--all", metavar="OUTDIR", type=pathlib.Path, help="write OUTDIR/tiny-<arch>.gguf for every architecture"

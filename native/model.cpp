@@ -172,6 +172,11 @@ void bind_model(py::module_ & m) {
         .def_property_readonly("n_head", [](const Model & s) { return llama_model_n_head(s.get().model); })
         .def_property_readonly("n_head_kv", [](const Model & s) { return llama_model_n_head_kv(s.get().model); })
         .def_property_readonly("n_swa", [](const Model & s) { return llama_model_n_swa(s.get().model); })
+        .def_property_readonly("is_recurrent",
+                               [](const Model & s) {
+                                   const llama_model * m = s.get().model;
+                                   return llama_model_is_recurrent(m) || llama_model_is_hybrid(m);
+                               })
         .def_property_readonly("n_ctx_train", [](const Model & s) { return llama_model_n_ctx_train(s.get().model); })
         .def_property_readonly("n_params", [](const Model & s) { return llama_model_n_params(s.get().model); })
         .def_property_readonly("size", [](const Model & s) { return llama_model_size(s.get().model); })

@@ -331,3 +331,89 @@ def test_generation_continues_across_calls(tiny_model):
         first = session.generate(prompt, max_tokens=8, stop_at_eog=False)
         second = session.generate(max_tokens=8, stop_at_eog=False)
     assert first.tokens + second.tokens == at_once
+
+
+# -- a recurrent model: runs, but its layer hooks are refused -------------------------------------
+
+
+@pytest.fixture
+def tiny_mamba(tmp_path):
+    """A tiny random-weight Mamba written through the generator's command line."""
+    out = tmp_path / "tiny-mamba.gguf"
+    done = subprocess.run(
+        [sys.executable, str(GENERATOR), "mamba", str(out)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    with pykvd.Model(out) as model:
+        yield model
+
+
+def _assert_refused_as_recurrent(call) -> None:
+    with pytest.raises(pykvd.UnsupportedArchitectureError, match="recurrent"):
+        call()
+
+
+def _generates(session, prompt=None) -> list[int]:
+    result = session.generate(prompt, max_tokens=4, stop_at_eog=False)
+    assert len(result.tokens) == 4
+    assert np.isfinite(session.logits()).all()
+    return result.tokens
+
+
+def test_mamba_is_a_recurrent_architecture_apart_from_the_hooked_ones():
+    assert synthetic.RECURRENT_ARCHITECTURES == ("mamba",)
+    assert not set(synthetic.RECURRENT_ARCHITECTURES) & set(ARCHITECTURES)
+    assert "recurrent state" in native.kvd_unsupported_reason("mamba")
+
+
+def test_mamba_loads_and_generates(tiny_mamba):
+    info = tiny_mamba.info
+    assert (info.architecture, info.n_layer, info.n_embd, info.n_head) == ("mamba", 4, synthetic.N_EMBD, 0)
+    with open_session(tiny_mamba, n_ctx=64) as session:
+        generated = _generates(session, "Hello")
+        assert session.tokens == list(tiny_mamba.tokenize("Hello")) + generated
+
+
+def test_mamba_refuses_hooks_and_keeps_generating(tiny_mamba):
+    n_embd = tiny_mamba.info.n_embd
+    with open_session(tiny_mamba, n_ctx=64) as session:
+        _generates(session, "Hello")
+
+        def capture():
+            with session.capture([0]):
+                pass
+
+        _assert_refused_as_recurrent(capture)
+        _assert_refused_as_recurrent(lambda: open_session(tiny_mamba, kv_budget=16, policy="kvdirect"))
+        rows = np.zeros((1, 1, n_embd), dtype=np.float32)
+        _assert_refused_as_recurrent(lambda: session.refill(rows, positions=[0], layers=range(0, 1)))
+        _assert_refused_as_recurrent(lambda: session.forward_layers(rows[0], [0], 0, 1))
+        # Nothing was changed: the session continues exactly as an untouched one does.
+        after_refusals = _generates(session, " world")
+    with open_session(tiny_mamba, n_ctx=64) as untouched:
+        _generates(untouched, "Hello")
+        assert _generates(untouched, " world") == after_refusals
+
+
+def test_mamba_refuses_eviction(tiny_mamba):
+    with open_session(tiny_mamba, n_ctx=64) as session:
+        _generates(session, "Hello world")
+        _assert_refused_as_recurrent(lambda: session.evict([0]))
+        _generates(session)
+
+
+def test_mamba_refuses_a_kv_budget(tiny_mamba):
+    for policy in ("streaming", "kvdirect"):
+        _assert_refused_as_recurrent(lambda p=policy: open_session(tiny_mamba, kv_budget=16, policy=p))
+
+
+def test_mamba_chat_that_rewrites_history_starts_over_exactly(tiny_mamba):
+    """Recurrent state cannot be cut back to a prefix: a conversation that diverges is processed again."""
+    with open_session(tiny_mamba, n_ctx=256) as session, open_session(tiny_mamba, n_ctx=256) as fresh:
+        session.chat("Hello there", max_tokens=4)
+        session.messages = [{"role": "user", "content": "Another opening"}]  # history rewritten by the caller
+        reply = session.chat("And now?", max_tokens=4)
+        expected = fresh.chat(
+            [{"role": "user", "content": "Another opening"}, {"role": "user", "content": "And now?"}], max_tokens=4
+        )
+        assert reply == expected

@@ -53,6 +53,7 @@ class ModelInfo:
     n_vocab: int
     n_ctx_train: int
     n_swa: int
+    recurrent: bool  # some layers carry recurrent state (mamba, rwkv, hybrids): tokens cannot be evicted
     n_params: int
     size_bytes: int
     layers: tuple[LayerInfo, ...]
@@ -134,6 +135,7 @@ class LoadedModel:
             n_vocab=m.n_vocab,
             n_ctx_train=m.n_ctx_train,
             n_swa=m.n_swa,
+            recurrent=m.is_recurrent,
             n_params=m.n_params,
             size_bytes=m.size,
             layers=layers,

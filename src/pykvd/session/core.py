@@ -147,6 +147,8 @@ class SessionCore:
     ):
         info = model.info
         _check_sizes(n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_ubatch, n_threads=n_threads)
+        if kv_budget is not None and info.recurrent:
+            raise _unsupported("a KV budget (evicting tokens)", info.architecture)
         self._policy, self.kv_budget = self._make_policy(model, kv_budget, policy, n_sink, checkpoint)
         if self.kv_budget is not None:
             if n_ctx is not None:

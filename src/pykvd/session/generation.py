@@ -249,7 +249,10 @@ class Generating(SessionCore):
         if n == len(ids):
             n -= 1  # re-process the last token so its logits exist
         if n < len(held):
-            ctx.seq_rm(0, n, -1)
+            if not ctx.seq_rm(0, n, -1):
+                # Recurrent state cannot be cut back to a prefix: start the conversation over.
+                ctx.memory_clear()
+                n = 0
             del self._tokens[n:]
             self._logits = None
             self._policy.truncate(n)

@@ -73,6 +73,8 @@ class Reinjection(SessionCore):
         """Free the KV cells of these positions at every layer. The tokens stay part of the
         session's history; until refilled, attention no longer sees them."""
         ctx = self._context()
+        if self.model.info.recurrent:
+            raise _unsupported("eviction", self.model.info.architecture)
         positions = checked_positions(positions, len(self._tokens))
         for first, last in runs(positions):
             ctx.seq_rm(0, first, last + 1)
