@@ -377,7 +377,7 @@ def _chat_lines(interactive: bool):
 
 
 def _cmd_info(args) -> int:
-    from .state_table import format_table, measured_kv_buffer, state_per_token
+    from .state_table import format_table, state_per_token
 
     if args.measure_ctx < 1:
         raise ValueError("--measure-ctx must be a positive integer")
@@ -385,8 +385,8 @@ def _cmd_info(args) -> int:
         info = model.info
         rows = state_per_token(info)
         n_ctx = min(args.measure_ctx, info.n_ctx_train)
-        kv_buffer = measured_kv_buffer(model, n_ctx)
-        kv_window = measured_kv_buffer(model, n_ctx, swa_full=False) if info.swa_layers else kv_buffer
+        kv_buffer = model.kv_buffer_bytes(n_ctx)
+        kv_window = model.kv_buffer_bytes(n_ctx, swa_full=False) if info.swa_layers else kv_buffer
         if args.json:
             print(
                 json.dumps(

@@ -19,10 +19,11 @@ from typing import overload
 from ._llama import native
 from .errors import InvalidModelError, UnsupportedArchitectureError
 from .gguf_file import GGUFHeader, LongArray, TensorInfo
+from .integers import INT32_MAX
 
 LLAMA_MAX_LAYERS = 512  # llama.cpp aborts (GGML_ASSERT) on a block count outside [1, LLAMA_MAX_LAYERS]
 LLAMA_MAX_EXPERTS = 1024
-MAX_CONTEXT_LENGTH = 2**31 - 1  # llama.cpp keeps it as uint32 but hands it out as int32
+MAX_CONTEXT_LENGTH = INT32_MAX  # llama.cpp keeps it as uint32 but hands it out as int32
 TENSOR_ALIGNMENT = 32  # ggml's CPU buffers assert that every mmapped tensor starts on this boundary
 ROPE_SCALING_TYPES = ("none", "linear", "yarn", "longrope")
 NO_VOCAB_TOKENIZERS = ("none", "no_vocab")

@@ -8,8 +8,8 @@ import secrets
 from dataclasses import dataclass
 
 from .errors import SamplingError
+from .integers import INT32_MAX, is_integer
 
-_MAX_INT32 = 2**31 - 1  # top_k and repeat_last_n are int32 in llama.cpp
 _MAX_SEED = 2**32 - 2  # 0xFFFFFFFF means "random" to llama.cpp, so it is not a valid fixed seed
 # llama.cpp divides the float32 logits by the temperature: below this, logits overflow to infinity
 # (or the temperature itself rounds to a float32 denormal or zero) and the draw stops being a
@@ -44,7 +44,7 @@ class SamplingParams:
             f"temperature must be a number in [0, {_MAX_SCALE:g}]",
         )
         _check(
-            _integer(self.top_k) and 0 <= self.top_k <= _MAX_INT32,
+            is_integer(self.top_k) and 0 <= self.top_k <= INT32_MAX,
             "top_k must be an integer >= 0 (0 disables it) below 2**31",
         )
         _check(_finite(self.top_p) and 0 < self.top_p <= 1, "top_p must be in (0, 1]")
@@ -54,11 +54,11 @@ class SamplingParams:
             f"repeat_penalty must be a number in [{1 / _MAX_SCALE:g}, {_MAX_SCALE:g}]",
         )
         _check(
-            _integer(self.repeat_last_n) and 0 <= self.repeat_last_n <= _MAX_INT32,
+            is_integer(self.repeat_last_n) and 0 <= self.repeat_last_n <= INT32_MAX,
             "repeat_last_n must be an integer >= 0 below 2**31",
         )
         _check(
-            self.seed is None or (_integer(self.seed) and 0 <= self.seed <= _MAX_SEED),
+            self.seed is None or (is_integer(self.seed) and 0 <= self.seed <= _MAX_SEED),
             f"seed must be an integer in [0, {_MAX_SEED}] or None",
         )
 
@@ -72,11 +72,6 @@ class SamplingParams:
 
 def _finite(x) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _integer(x) -> bool:
-    # numbers.Integral admits numpy integers too.
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
 def _check(ok: bool, message: str) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .model import LoadedModel, ModelInfo
+from .model import ModelInfo
 
 F16_BYTES, F32_BYTES, TOKEN_ID_BYTES = 2, 4, 4
 
@@ -30,11 +30,6 @@ def state_per_token(info: ModelInfo) -> list[StateRow]:
         StateRow("F32 residuals at every layer", residual * info.n_layer),
         StateRow("token id", TOKEN_ID_BYTES),
     ]
-
-
-def measured_kv_buffer(model: LoadedModel, n_ctx: int, *, swa_full: bool = True) -> int:
-    """Bytes of the KV buffer llama.cpp allocates for a context of n_ctx tokens."""
-    return model.kv_buffer_bytes(n_ctx, swa_full=swa_full)
 
 
 def format_table(rows: list[StateRow]) -> str:

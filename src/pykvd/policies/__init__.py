@@ -3,9 +3,8 @@ when a session's KV budget is reached."""
 
 from __future__ import annotations
 
-import numbers
-
 from ..errors import BudgetError, PolicyError
+from ..integers import is_integer
 from .base import CachePolicy
 from .full import FullCache
 from .h2o import HeavyHitters
@@ -21,7 +20,7 @@ POLICIES: dict[str, type[CachePolicy]] = {
 
 
 def checked_n_sink(n_sink) -> int:
-    if not isinstance(n_sink, numbers.Integral) or isinstance(n_sink, bool) or n_sink < 0:
+    if not is_integer(n_sink) or n_sink < 0:
         raise PolicyError(f"n_sink must be an integer >= 0, not {n_sink!r}")
     return int(n_sink)
 
@@ -32,7 +31,7 @@ def make_policy(
     """The policy called name. checkpoint ("tokens" or "residuals") applies to kvdirect only;
     n_layer and n_embd size its residual checkpoint."""
     n_sink = checked_n_sink(n_sink)
-    if budget is not None and (not isinstance(budget, numbers.Integral) or isinstance(budget, bool) or budget < 1):
+    if budget is not None and (not is_integer(budget) or budget < 1):
         raise BudgetError(f"a policy's budget must be a positive number of tokens, not {budget!r}")
     if not isinstance(name, str) or name not in POLICIES:
         raise PolicyError(f"unknown policy {name!r} (choose from {', '.join(POLICIES)})")

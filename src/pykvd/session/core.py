@@ -25,6 +25,7 @@ from ..errors import (
     SessionClosedError,
     UnsupportedArchitectureError,
 )
+from ..integers import INT32_MAX
 from ..memory import rss_bytes
 from ..model import LoadedModel, Message
 from ..outputs import Outputs
@@ -48,7 +49,6 @@ def _unsupported(what: str, arch: str) -> UnsupportedArchitectureError:
     )
 
 
-_MAX_INT32 = 2**31 - 1
 # ggml's CPU backend runs at most GGML_MAX_N_THREADS (512) threads; beyond that OpenMP fails or the
 # process crashes.
 MAX_THREADS = 512
@@ -373,12 +373,12 @@ def _check_sizes(**sizes) -> None:
     for name, value in sizes.items():
         if value is None:
             continue
-        top = MAX_THREADS if name == "n_threads" else _MAX_INT32
+        top = MAX_THREADS if name == "n_threads" else INT32_MAX
         if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= top:
             raise ArgumentError(f"{name} must be an integer in [1, {top}], not {value!r}")
 
 
-def _checked_index(value, name: str, last: int = _MAX_INT32) -> int:
+def _checked_index(value, name: str, last: int = INT32_MAX) -> int:
     """value as an int in [0, last] (llama.cpp's positions and layers are int32), else IndexError."""
     ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 0
     if not ok or value > last:

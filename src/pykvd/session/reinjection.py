@@ -16,9 +16,10 @@ from ..errors import (
     ResidualError,
     SessionBusyError,
 )
+from ..integers import INT32_MAX
 from ..policies.base import runs
 from ..residuals import ResidualCapture, checked_layer_range, checked_positions, checked_rows
-from .core import _MAX_INT32, CAPTURE_ARCHITECTURES, SessionCore, _checked_index, _one_call, _unsupported
+from .core import CAPTURE_ARCHITECTURES, SessionCore, _checked_index, _one_call, _unsupported
 
 
 class Reinjection(SessionCore):
@@ -154,7 +155,7 @@ class Reinjection(SessionCore):
     def _tokens_to_adopt(self, capture: ResidualCapture, positions) -> list[int]:
         """Checks the capture's tokens against the session's history; returns the captured tokens
         that extend the history up to the last position, so a fresh session can be rebuilt."""
-        positions = checked_positions(positions, _MAX_INT32).tolist()
+        positions = checked_positions(positions, INT32_MAX).tolist()
         by_position = dict(zip(capture.positions.tolist(), capture.tokens.tolist()))
         known = len(self._tokens)
         for p in positions:
