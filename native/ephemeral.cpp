@@ -25,7 +25,7 @@ py::ssize_t count_outputs(const py::object & outputs, py::ssize_t n, Flags & fla
     return n_out;
 }
 
-// (logits [n_tokens, n_vocab], h^(0..n_layer-1) of the new tokens [n_layer, n_tokens, n_embd] or None)
+// (logits [n_outputs, n_vocab], h^(0..n_layer-1) of the rows run from their ids [n_layer, n_run, n_embd] or None)
 py::tuple decode_ephemeral(Context & self, const Ids & tokens, llama_pos pos0, const Ids & eph_tokens,
                            const Ids & eph_pos, const py::object & eph_h, bool capture, llama_seq_id seq,
                            const py::object & outputs) {
@@ -40,20 +40,24 @@ py::tuple decode_ephemeral(Context & self, const Ids & tokens, llama_pos pos0, c
     }
     const py::ssize_t n = tokens.shape(0);
     const py::ssize_t n_eph = eph_pos.shape(0);
+    // The first n_eph_h ephemeral rows enter from their residuals, the rest run from their ids.
     Rows residuals;
+    py::ssize_t n_eph_h = 0;
     if (!eph_h.is_none()) {
         residuals = eph_h.cast<Rows>();
-        if (residuals.ndim() != 3 || residuals.shape(0) != n_layer || residuals.shape(1) != n_eph ||
+        if (residuals.ndim() != 3 || residuals.shape(0) != n_layer || residuals.shape(1) > n_eph ||
             residuals.shape(2) != n_embd) {
-            throw py::value_error("ephemeral residuals must have shape (n_layer, n_eph, n_embd)");
+            throw py::value_error("ephemeral residuals must have shape (n_layer, n_eph_h <= n_eph, n_embd)");
         }
+        n_eph_h = residuals.shape(1);
     }
+    const py::ssize_t n_run = n_eph - n_eph_h + n;
     std::vector<llama_pos> pos(n);
     for (py::ssize_t i = 0; i < n; ++i) pos[i] = pos0 + (llama_pos) i;
     Flags flags;
     const py::ssize_t n_out = count_outputs(outputs, n, flags);
     Rows logits({n_out, n_vocab});
-    Rows h_out(std::vector<py::ssize_t>{capture ? n_layer : 0, n, n_embd});
+    Rows h_out(std::vector<py::ssize_t>{capture ? n_layer : 0, n_run, n_embd});
     const float * h_in = eph_h.is_none() ? nullptr : residuals.data();
     float * logits_dst = logits.mutable_data();
     float * h_dst = capture ? h_out.mutable_data() : nullptr;
@@ -66,6 +70,7 @@ py::tuple decode_ephemeral(Context & self, const Ids & tokens, llama_pos pos0, c
     params.eph_tokens = eph_tokens.data();
     params.eph_h = h_in;
     params.n_eph = (int32_t) n_eph;
+    params.n_eph_h = (int32_t) n_eph_h;
     params.logits = outputs.is_none() ? nullptr : flags.data();
     params.logits_out = logits_dst;
     params.h_out = h_dst;
@@ -86,10 +91,12 @@ void bind_ephemeral(py::class_<Context> & cls) {
     cls.def("decode_ephemeral", &decode_ephemeral, py::arg("tokens"), py::arg("pos0"), py::arg("eph_tokens"),
             py::arg("eph_pos"), py::arg("eph_h") = py::none(), py::arg("capture") = false, py::arg("seq_id") = 0,
             py::arg("outputs") = py::none(),
-            "P4: decode tokens at pos0.. while the ephemeral tokens (re-run from their ids, or from their\n"
-            "residuals eph_h [n_layer, n_eph, n_embd]) join every layer's attention without taking cells.\n"
+            "P4: decode tokens at pos0.. while the ephemeral tokens join every layer's attention without\n"
+            "taking cells: the first n_eph_h enter from their residuals eph_h [n_layer, n_eph_h, n_embd], the\n"
+            "rest run from their ids (eph_tokens holds an id for every ephemeral row).\n"
             "outputs: None (logits for every token) or one flag per token (logits only where set).\n"
-            "Returns (logits [n_outputs, n_vocab], h^(0..n_layer-1) [n_layer, n, n_embd] if capture else None).");
+            "Returns (logits [n_outputs, n_vocab], h^(0..n_layer-1) of the rows run from their ids,\n"
+            "[n_layer, n_eph - n_eph_h + n, n_embd], if capture else None).");
 }
 
 }  // namespace pykvd

@@ -223,6 +223,14 @@ def _generation_args(parser: argparse.ArgumentParser, *, default_tokens: int = 1
         help="what kvdirect keeps to recompute evicted tokens exactly: their ids (tokens, default) "
         "or every layer's residuals (residuals)",
     )
+    k.add_argument(
+        "--draft",
+        type=int,
+        default=None,
+        metavar="K",
+        help="kvdirect: tokens drafted over the hot cells and verified exactly in one step "
+        "(0: off; default: adapted to the measured acceptance). The output is the same either way",
+    )
     c.add_argument("-v", "--verbose", action="store_true", help="show llama.cpp's log on stderr")
 
 
@@ -270,6 +278,7 @@ def _session(model, args):
         policy=args.policy,
         n_sink=args.sinks,
         checkpoint=args.checkpoint,
+        draft=args.draft,
     )
 
 
@@ -289,6 +298,12 @@ def _print_stats(stats, label: str = "stats") -> None:
         f"process RSS {format_bytes(stats.rss_bytes)}",
         file=sys.stderr,
     )
+    if stats.n_verifies:
+        print(
+            f"pykvd: {label}: drafting: {stats.n_verifies} verifications of {stats.n_drafted} drafted tokens | "
+            f"acceptance {stats.acceptance:.0%} | {stats.tokens_per_verify:.2f} tokens per verification",
+            file=sys.stderr,
+        )
 
 
 def _write_stream(pieces) -> None:

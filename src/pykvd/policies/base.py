@@ -29,6 +29,8 @@ class CachePolicy:
     needs_layer_hooks = False  # True: it runs llama-kvd's per-layer hooks, which only some architectures have
     allows_capture = True  # False: it decodes outside llama.cpp's capture of residuals
     checkpoint: str | None = None  # the checkpoint kind in use, for policies that keep one
+    prompt_in_one_pass = False  # True: a prompt of any length is one decode (arrive keeps only what fits)
+    verifies_drafts = False  # True: its cells are a lossy cache it can draft over (draft) and then verify exactly
 
     def __init__(self, budget: int | None, *, n_sink: int = 4):
         self.budget = budget
@@ -102,6 +104,17 @@ class CachePolicy:
     def truncate(self, n: int) -> None:
         """The sequence was cut back to its first n positions."""
         self.hot = self.hot[: bisect.bisect_left(self.hot, n)]
+
+    def arrive(self, ctx, tokens: np.ndarray, pos: int, outputs: Outputs) -> np.ndarray | None:
+        """Make room for tokens at pos, decode them and admit them to the hot set. Returns what decode does."""
+        self.make_room(ctx, len(tokens))
+        logits = self.decode(ctx, tokens, pos, outputs)
+        self.admitted(range(pos, pos + len(tokens)))
+        return logits
+
+    def draft(self, ctx, token: int, pos: int, k: int) -> list[int]:
+        """k greedy tokens that follow token (at pos), guessed cheaply, for arrive to verify."""
+        raise PolicyError(f"policy {self.name!r} has nothing to verify drafts against")
 
     def decode(self, ctx, tokens: np.ndarray, pos: int, outputs: Outputs) -> np.ndarray | None:
         """Decode tokens at pos once make_room has run. Returns their logits when the policy computes

@@ -3,6 +3,10 @@ leaves the context. Every decode recomputes the K/V of the evicted tokens at eve
 their checkpoint and attends to them without storing them (P4: llama_kvd_decode_ephemeral), in
 position order, so the output equals the full cache's bit for bit.
 
+A prompt longer than the cells is one pass: its tokens that will not stay hot are ephemeral on arrival.
+Decoding can draft k tokens over the hot cells alone (what streaming would decode) and verify them
+in one such decode, which recomputes the evicted tokens once for all k + 1 rows.
+
 Checkpoint kinds:
 
 - ``tokens``: only the token ids are kept (4 bytes a token); each decode re-runs the evicted
@@ -61,6 +65,8 @@ class KVDirect(StreamingSinks):
     checkpoints = CHECKPOINTS
     needs_layer_hooks = True
     allows_capture = False
+    prompt_in_one_pass = True
+    verifies_drafts = True
 
     def __init__(
         self, budget: int | None, *, n_sink: int = 4, checkpoint: str = "tokens", n_layer: int = 0, n_embd: int = 0
@@ -84,19 +90,56 @@ class KVDirect(StreamingSinks):
         cold[[p for p in self.hot if p < pos]] = False
         return np.flatnonzero(cold).astype(np.int32)
 
-    def decode(self, ctx, tokens: np.ndarray, pos: int, outputs: Outputs) -> np.ndarray:
-        eph = self.evicted(pos)
-        flags = outputs.flags(len(tokens))  # the output head only where logits are asked for
+    def arrive(self, ctx, tokens: np.ndarray, pos: int, outputs: Outputs) -> np.ndarray | None:
+        """Tokens beyond the cells left for them are processed in the same single pass: the ones that
+        will not stay hot are ephemeral on arrival (attended to at every layer, never stored), so a long
+        prompt costs one pass over what is recomputed plus the new tokens."""
+        logits = None
+        if pos < self.n_sink:
+            # The sinks take cells, and a decode's new rows in cells come after all its ephemeral rows.
+            n = min(self.n_sink - pos, len(tokens))
+            logits = super().arrive(ctx, tokens[:n], pos, outputs if n == len(tokens) else Outputs.NONE)
+            tokens, pos = tokens[n:], pos + n
+        if len(tokens) == 0:
+            return logits
+        n_stay = min(len(tokens), self.cells - self.n_sink)
+        self.make_room(ctx, n_stay)
+        logits = self.decode(ctx, tokens, pos, outputs, n_passing=len(tokens) - n_stay)
+        self.admitted(range(pos + len(tokens) - n_stay, pos + len(tokens)))
+        return logits
+
+    def decode(self, ctx, tokens: np.ndarray, pos: int, outputs: Outputs, n_passing: int = 0) -> np.ndarray:
+        """Decode tokens at pos; the first n_passing of them are ephemeral on arrival."""
+        old = self.evicted(pos)
+        eph_pos = np.concatenate([old, np.arange(pos, pos + n_passing, dtype=np.int32)])
+        new = tokens[n_passing:]
+        flags = outputs.flags(len(new))  # the output head only where logits are asked for
         if self.checkpoint == "tokens":
             self._store.put(pos, tokens)
-            logits, _ = ctx.decode_ephemeral(tokens, pos, self._store.take(eph), eph, outputs=flags)
-        else:
-            eph_h = self._store.take(eph) if len(eph) else np.zeros((self._layers[0], 0, self._layers[1]), np.float32)
-            logits, h = ctx.decode_ephemeral(
-                tokens, pos, np.zeros(len(eph), np.int32), eph, eph_h, capture=True, outputs=flags
-            )
-            self._store.put(pos, h)
+            logits, _ = ctx.decode_ephemeral(new, pos + n_passing, self._store.take(eph_pos), eph_pos, outputs=flags)
+            return logits
+        # Evicted tokens enter from their residuals; passing ones run from their ids, and every row
+        # run gives its residuals to the checkpoint.
+        n_layer, n_embd = self._layers
+        old_h = self._store.take(old) if len(old) else np.zeros((n_layer, 0, n_embd), np.float32)
+        eph_tokens = np.concatenate([np.zeros(len(old), np.int32), tokens[:n_passing]])
+        logits, h = ctx.decode_ephemeral(new, pos + n_passing, eph_tokens, eph_pos, old_h, capture=True, outputs=flags)
+        self._store.put(pos, h)
         return logits
+
+    def draft(self, ctx, token: int, pos: int, k: int) -> list[int]:
+        """k greedy tokens after token (at pos) decoded over the hot cells alone, as streaming would: a
+        lossy cache that is nearly free to run. Makes room for the k + 1 rows of the verification; the
+        draft's own rows leave the cells again."""
+        self.make_room(ctx, k + 1)
+        drafted: list[int] = []
+        try:
+            for i in range(k):
+                ctx.decode(np.array([drafted[-1] if drafted else token], np.int32), pos + i, outputs=int(Outputs.LAST))
+                drafted.append(int(np.argmax(ctx.logits(-1))))
+        finally:
+            ctx.seq_rm(0, pos, -1)
+        return drafted
 
     def checkpoint_bytes(self) -> int:
         return int(self._store.data.nbytes)

@@ -15,8 +15,10 @@ import numpy as np
 
 from .._llama import native
 from ..budget import resolve_budget
+from ..draft_length import ADAPTIVE_MAX, DraftLength, checked_draft
 from ..errors import (
     ArgumentError,
+    BudgetError,
     ContextOverflowError,
     IndexOutOfRangeError,
     PolicyError,
@@ -67,7 +69,11 @@ class SessionStats:
     n_cached: int  # of those, the ones whose K/V are in cells now
     n_prefill_tokens: int = 0
     n_generated: int = 0
-    n_decode_steps: int = 0  # single-token decodes (the last sampled token is never decoded)
+    n_decode_steps: int = 0  # tokens decoded after sampling (the last sampled token is never decoded)
+    n_verifies: int = 0  # exact verifications of drafted tokens (kvdirect with drafting)
+    n_drafted: int = 0  # tokens drafted over the hot cells
+    n_draft_accepted: int = 0  # drafted tokens the exact logits gave too
+    n_draft_rejected: int = 0  # drafted tokens they did not (drafts after a rejected one are never judged)
     prefill_s: float = 0.0
     decode_s: float = 0.0  # sampling plus single-token decodes
     kv_bytes: int = 0
@@ -84,12 +90,27 @@ class SessionStats:
     def decode_tokens_per_s(self) -> float:
         return self.n_decode_steps / self.decode_s if self.decode_s else 0.0
 
+    @property
+    def acceptance(self) -> float:
+        """The share of judged drafts the exact logits confirmed (0.0 before any)."""
+        judged = self.n_draft_accepted + self.n_draft_rejected
+        return self.n_draft_accepted / judged if judged else 0.0
+
+    @property
+    def tokens_per_verify(self) -> float:
+        """Tokens each verification decoded: its first token plus the accepted drafts (0.0 before any)."""
+        return (self.n_verifies + self.n_draft_accepted) / self.n_verifies if self.n_verifies else 0.0
+
 
 @dataclass
 class _Counters:
     n_prefill_tokens: int = 0
     n_generated: int = 0
     n_decode_steps: int = 0
+    n_verifies: int = 0
+    n_drafted: int = 0
+    n_draft_accepted: int = 0
+    n_draft_rejected: int = 0
     prefill_s: float = 0.0
     decode_s: float = 0.0
 
@@ -120,7 +141,10 @@ class SessionCore:
     pykvd.policies; default "streaming" with a budget, "full" without). The
     context's KV buffer is allocated once, for the budget, and never grows.
     ``checkpoint`` ("tokens", the default, or "residuals") is what the kvdirect
-    policy keeps to recompute evicted tokens exactly.
+    policy keeps to recompute evicted tokens exactly. ``draft`` is how many tokens
+    kvdirect drafts over its hot cells before verifying them exactly in one step:
+    None (the default) adapts it to the measured acceptance and costs, 0 turns
+    drafting off, K drafts K. Output is the same either way.
 
     A session serves one call at a time. A call that would change it (feed, generate,
     stream, chat, chat_stream, reset, evict, refill, forward_layers, capture) made while
@@ -144,12 +168,15 @@ class SessionCore:
         policy: str | None = None,
         n_sink: int = 4,
         checkpoint: str | None = None,
+        draft: int | None = None,
     ):
         info = model.info
         _check_sizes(n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_ubatch, n_threads=n_threads)
         if kv_budget is not None and info.recurrent:
             raise _unsupported("a KV budget (evicting tokens)", info.architecture)
         self._policy, self.kv_budget = self._make_policy(model, kv_budget, policy, n_sink, checkpoint)
+        self._draft_setting = checked_draft(draft)
+        self._draft = self._draft_length(self._draft_setting)
         if self.kv_budget is not None:
             if n_ctx is not None:
                 raise ArgumentError("give either n_ctx or kv_budget: a bounded session's cells are its budget")
@@ -194,6 +221,9 @@ class SessionCore:
         self._busy = threading.Lock()  # held by the call in progress (a stream: until it ends)
         self._capture: ResidualCapture | None = None
         self._logits: np.ndarray | None = None  # last logits, when the policy computed them (kvdirect)
+        # Drafted tokens a verification computed exactly past the last decoded one, with the logits
+        # that follow each; they take effect only if the sampler draws the same tokens.
+        self._ahead: list[tuple[int, np.ndarray]] = []
 
     @staticmethod
     def _make_policy(model: LoadedModel, kv_budget, policy, n_sink, checkpoint):
@@ -209,6 +239,32 @@ class SessionCore:
             n_layer=info.n_layer,
             n_embd=info.n_embd,
         ), budget
+
+    def _draft_length(self, setting: int | None) -> DraftLength | None:
+        """The draft-length chooser, or None when this session does not draft."""
+        policy = self._policy
+        if setting == 0 or (setting is None and not policy.verifies_drafts):
+            return None
+        if not policy.verifies_drafts:
+            raise PolicyError(
+                f"policy {policy.name!r} has nothing to verify drafts against: drafting needs kvdirect "
+                "(draft=0 or None turns it off)"
+            )
+        # The verification's k + 1 rows need cells while the newest hot token keeps its own.
+        limit = policy.cells - policy.protected - 2
+        if setting is None:
+            return DraftLength(min(ADAPTIVE_MAX, limit)) if limit >= 1 else None
+        if setting > limit:
+            raise BudgetError(
+                f"drafting {setting} tokens needs {setting + 2} cells beyond the {policy.protected} "
+                f"protected ones; the KV budget of {policy.cells} tokens allows draft={max(limit, 0)} at most"
+            )
+        return DraftLength(limit, fixed=setting)
+
+    @property
+    def draft(self) -> int | None:
+        """Tokens drafted per verification: None adapts, 0 is off (fixed for the session's life)."""
+        return self._draft_setting
 
     @property
     def policy(self) -> str:
@@ -274,6 +330,7 @@ class SessionCore:
         self._context().memory_clear()
         self._tokens, self._pending, self.messages = [], [], []
         self._logits = None
+        self._ahead = []
         self._policy.reset()
 
     def logits(self) -> np.ndarray:
@@ -298,6 +355,10 @@ class SessionCore:
             n_prefill_tokens=c.n_prefill_tokens,
             n_generated=c.n_generated,
             n_decode_steps=c.n_decode_steps,
+            n_verifies=c.n_verifies,
+            n_drafted=c.n_drafted,
+            n_draft_accepted=c.n_draft_accepted,
+            n_draft_rejected=c.n_draft_rejected,
             prefill_s=c.prefill_s,
             decode_s=c.decode_s,
             kv_bytes=mem["kv"],
@@ -337,7 +398,8 @@ class SessionCore:
                 f"{len(ids)} tokens do not fit: the context holds {self._max_positions()} and "
                 f"{len(self._tokens)} are used"
             )
-        n_batch = min(ctx.n_batch, self._policy.max_new_tokens())
+        # A policy that takes a prompt in one pass recomputes what it evicted once, not once per batch.
+        n_batch = len(ids) if self._policy.prompt_in_one_pass else min(ctx.n_batch, self._policy.max_new_tokens())
         # h^(n_layer) exists only for tokens that produce outputs.
         every_output = self._capture is not None and self.model.info.n_layer in self._capture.layers
         start = time.perf_counter()
@@ -354,10 +416,8 @@ class SessionCore:
     def _decode(self, chunk, outputs: Outputs) -> None:
         """Decode tokens after the last position, evicting first if the policy's budget needs it."""
         ctx, pos = self._ctx, len(self._tokens)
-        self._policy.make_room(ctx, len(chunk))
-        logits = self._policy.decode(ctx, np.asarray(chunk, dtype=np.int32), pos, outputs)
+        logits = self._policy.arrive(ctx, np.asarray(chunk, dtype=np.int32), pos, outputs)
         self._logits = None if logits is None else logits[-1]
-        self._policy.admitted(range(pos, pos + len(chunk)))
         self._policy.observe(ctx, pos, len(chunk))
         if self._capture is not None:
             self._capture._add(ctx, pos, chunk)

@@ -12,9 +12,9 @@ import numpy as np
 from .._llama import native
 from ..errors import ArgumentError, ArgumentTypeError, ContextOverflowError, PromptError
 from ..model import Message
-from ..outputs import Outputs
 from ..sampling import SamplingParams
-from .core import FINISH_CONTEXT, FINISH_LENGTH, FINISH_STOP, SessionCore, _one_call
+from .core import FINISH_CONTEXT, FINISH_LENGTH, FINISH_STOP, _one_call
+from .verification import Verifying
 
 
 @dataclass
@@ -71,7 +71,7 @@ class _HeldStream:
         self.close()
 
 
-class Generating(SessionCore):
+class Generating(Verifying):
     # -- generation --------------------------------------------------------
 
     @_one_call
@@ -159,13 +159,15 @@ class Generating(SessionCore):
                 if len(self._tokens) >= self._max_positions():
                     run.finish_reason = FINISH_CONTEXT
                     break
-                self._decode([token], Outputs.LAST)
+                self._advance(token)
                 self._pending = []
                 self._counters.n_decode_steps += 1
             tail = utf8.decode(b"", final=True)
             if tail:
                 yield tail
         finally:
+            # A stream that ends, fails or is closed leaves what a step-by-step run would.
+            self._drop_ahead()
             run.decode_s = time.perf_counter() - start
             self._counters.decode_s += run.decode_s
 
