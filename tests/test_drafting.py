@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pykvd import ArgumentError, ArgumentTypeError, BudgetError, PolicyError, SamplingParams
+from pykvd import ArgumentError, ArgumentTypeError, BudgetError, PolicyError, SamplingParams, SessionBusyError
 
 PROMPT = "Once upon a time, in a kingdom by the sea, there lived a dragon who collected old clocks."
 LONG_PROMPT = " ".join([PROMPT] * 4)
@@ -190,3 +190,23 @@ def test_cli_draft(pykvd_cli):
         wrong = pykvd_cli(*base, *bad)
         assert wrong.returncode == 2 and wrong.stderr.startswith("pykvd: error:")
         assert len(wrong.stderr.strip().splitlines()) == 1
+
+
+def test_drafting_can_be_changed_between_calls(tiny_llama):
+    with tiny_llama.session() as full, kvdirect(tiny_llama, "tokens", draft=0) as b:
+        want = full.generate(LONG_PROMPT, max_tokens=20, stop_at_eog=False).tokens
+        got = b.generate(LONG_PROMPT, max_tokens=6, stop_at_eog=False).tokens
+        assert b.stats.n_verifies == 0
+        b.draft = 3
+        got += b.generate(max_tokens=8, stop_at_eog=False).tokens
+        assert b.stats.n_verifies > 0 and b.draft == 3
+        with pytest.raises(ArgumentError):
+            b.draft = -2
+        assert b.draft == 3
+        b.draft = None
+        got += b.generate(max_tokens=6, stop_at_eog=False).tokens
+        assert got == want and b.draft is None
+        stream = b.stream(max_tokens=2)
+        with pytest.raises(SessionBusyError):
+            b.draft = 0
+        stream.close()

@@ -175,6 +175,7 @@ class SessionCore:
         if kv_budget is not None and info.recurrent:
             raise _unsupported("a KV budget (evicting tokens)", info.architecture)
         self._policy, self.kv_budget = self._make_policy(model, kv_budget, policy, n_sink, checkpoint)
+        self._adaptive: DraftLength | None = None
         self._draft_setting = checked_draft(draft)
         self._draft = self._draft_length(self._draft_setting)
         if self.kv_budget is not None:
@@ -253,7 +254,9 @@ class SessionCore:
         # The verification's k + 1 rows need cells while the newest hot token keeps its own.
         limit = policy.cells - policy.protected - 2
         if setting is None:
-            return DraftLength(min(ADAPTIVE_MAX, limit)) if limit >= 1 else None
+            if self._adaptive is None and limit >= 1:
+                self._adaptive = DraftLength(min(ADAPTIVE_MAX, limit))
+            return self._adaptive  # what it measured carries over when drafting is turned back on
         if setting > limit:
             raise BudgetError(
                 f"drafting {setting} tokens needs {setting + 2} cells beyond the {policy.protected} "
@@ -263,8 +266,16 @@ class SessionCore:
 
     @property
     def draft(self) -> int | None:
-        """Tokens drafted per verification: None adapts, 0 is off (fixed for the session's life)."""
+        """Tokens drafted per verification: None adapts, 0 is off. May be changed between calls."""
         return self._draft_setting
+
+    @draft.setter
+    def draft(self, value: int | None) -> None:
+        with self._serving():
+            self._context()
+            setting = checked_draft(value)
+            self._draft = self._draft_length(setting)
+            self._draft_setting = setting
 
     @property
     def policy(self) -> str:
