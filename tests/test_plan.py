@@ -31,6 +31,21 @@ def test_rows_for_every_policy_and_checkpoint_kind(smollm2):
     assert residuals.checkpoint_bytes == 4 * 576 * 30 * 4096  # one float32 h^(l) per layer for every token
     assert residuals.checkpoint_bytes > rows["full", "-"].kv_bytes  # bigger than the cache it replaces
     assert 0 < residuals.recompute_gflop_per_step < tokens.recompute_gflop_per_step
+    for row in (tokens, residuals):  # drafting shares the recompute among the accepted tokens
+        assert row.draft_k > 0 and row.gflop_per_token_drafted < row.recompute_gflop_per_step / 2
+
+
+def test_the_drafted_cost_follows_the_assumed_acceptance(smollm2):
+    def kvdirect(acceptance):
+        rows = plan(smollm2, 4096, 512, acceptance=acceptance)
+        return next(r for r in rows if r.checkpoint == "tokens")
+
+    never, often, always = kvdirect(0.0), kvdirect(0.85), kvdirect(1.0)
+    assert never.draft_k == 0 and never.gflop_per_token_drafted == never.recompute_gflop_per_step
+    assert always.gflop_per_token_drafted < often.gflop_per_token_drafted < never.gflop_per_token_drafted
+    assert always.draft_k == 16
+    with pytest.raises(ValueError):
+        plan(smollm2, 4096, 512, acceptance=1.5)
 
 
 def test_layer_weights_come_from_the_gguf(smollm2, gemma3):
@@ -52,10 +67,19 @@ def test_cli(tmp_path):
     assert report["budget_tokens"] == 256 and len(report["rows"]) == 8
     table = cli("gemma3", "--context", "2048", "--kv-budget", "4MiB")
     assert table.returncode == 0 and "kvdirect   residuals" in table.stdout
+    assert "assuming 85% of drafts are accepted" in table.stdout
+    assert (
+        json.loads(cli("smollm2", "--context", "900", "--kv-budget", "64", "--acceptance", "0.5", "--json").stdout)[
+            "assumed_acceptance"
+        ]
+        == 0.5
+    )
     for bad in (
         ["--context", "0", "--kv-budget", "64"],
         ["--context", "100", "--kv-budget", "2"],
         ["--context", "100", "--kv-budget", "nonsense"],
+        ["--context", "100", "--kv-budget", "64", "--acceptance", "1.5"],
+        ["--context", "100", "--kv-budget", "64", "--acceptance", "nan"],
     ):
         result = cli("smollm2", *bad)
         assert result.returncode == 2 and result.stderr.startswith("pykvd: error:")

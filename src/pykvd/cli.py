@@ -111,6 +111,13 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--context", type=int, required=True, metavar="N", help="tokens in the conversation")
     plan.add_argument("--kv-budget", required=True, metavar="B", help="tokens (512) or bytes (64MiB)")
     plan.add_argument("--sinks", type=int, default=4, metavar="N")
+    plan.add_argument(
+        "--acceptance",
+        type=float,
+        default=None,
+        metavar="A",
+        help="share of kvdirect's drafted tokens assumed accepted, in [0, 1] (default 0.85)",
+    )
     plan.add_argument("--json", action="store_true", help="print JSON instead of a table")
     plan.set_defaults(handler=_cmd_plan)
 
@@ -464,24 +471,28 @@ def _cmd_plan(args) -> int:
     from dataclasses import asdict
 
     from .budget import resolve_budget
-    from .plan import format_plan, plan
+    from .plan import ASSUMED_ACCEPTANCE, format_plan, plan
     from .policies import checked_n_sink
 
     checked_n_sink(args.sinks)
     if args.context < 1:
         raise ValueError("--context must be a positive integer")
+    acceptance = ASSUMED_ACCEPTANCE if args.acceptance is None else args.acceptance
+    if not 0.0 <= acceptance <= 1.0:  # NaN included
+        raise ValueError(f"--acceptance must be in [0, 1], not {acceptance}")
     with _load(args) as model:
         budget = resolve_budget(args.kv_budget, model, min_tokens=args.sinks + 1)
-        rows = plan(model, args.context, budget.tokens, n_sink=args.sinks)
+        rows = plan(model, args.context, budget.tokens, n_sink=args.sinks, acceptance=acceptance)
         if args.json:
-            print(
-                json.dumps(
-                    {"context": args.context, "budget_tokens": budget.tokens, "rows": [asdict(r) for r in rows]},
-                    indent=2,
-                )
-            )
+            report = {
+                "context": args.context,
+                "budget_tokens": budget.tokens,
+                "assumed_acceptance": acceptance,
+                "rows": [asdict(r) for r in rows],
+            }
+            print(json.dumps(report, indent=2))
         else:
-            print(format_plan(model, args.context, budget.tokens, rows))
+            print(format_plan(model, args.context, budget.tokens, rows, acceptance))
     return 0
 
 
