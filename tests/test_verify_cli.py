@@ -16,7 +16,9 @@ def test_verify_both_real_models_by_default(tmp_path, pykvd_cli):
     assert "recoverability, 3 global layers: max |dK|,|dV| = 0  OK" in text  # gemma3
     assert "recoverability, 15 sliding layers: max |dK|,|dV| = 0  OK" in text
     assert text.count("cacheless: 64 steps, tokens identical, max |dlogit| = 0  OK") == 2
-    assert text.count("32 steps, tokens identical, max |dlogit| = 0  OK") == 2 * 5
+    assert text.count("32 steps, tokens identical, max |dlogit| = 0  OK") == 2 * (5 + 2)
+    for kind in ("tokens", "residuals"):  # kvdirect under a budget below the prompt, drafting
+        assert text.count(f"kvdirect ({kind}) at budget") == 2
     assert "MISMATCH" not in text
     reports = json.loads(out.read_text())
     assert [r["architecture"] for r in reports] == ["gemma3", "llama"]

@@ -1,5 +1,6 @@
 """The exactness experiments behind `pykvd verify`: K/V recomputed from the residual
-stream against the cache, decoding without a cache, and restoring an evicted sequence.
+stream against the cache, decoding without a cache, restoring an evicted sequence, and
+kvdirect under a budget smaller than the prompt (one-pass prompt, drafted decoding).
 
 Every comparison is bitwise: a check passes only when the largest absolute
 difference is exactly 0.
@@ -13,6 +14,8 @@ import numpy as np
 
 from .errors import ArgumentError
 from .model import LoadedModel
+from .policies import CHECKPOINTS
+from .sampling import SamplingParams
 from .session import Session
 
 PROMPT = (
@@ -49,12 +52,16 @@ class VerifyReport:
     recoverability: list[LayerCheck] = field(default_factory=list)
     cacheless: StepsCheck | None = None
     restore: list[StepsCheck] = field(default_factory=list)
+    bounded: list[StepsCheck] = field(default_factory=list)
+
+    @property
+    def steps(self) -> list[StepsCheck]:
+        return ([self.cacheless] if self.cacheless else []) + self.restore + self.bounded
 
     @property
     def ok(self) -> bool:
         kv_ok = all(c.max_dk == 0.0 and c.max_dv == 0.0 for c in self.recoverability)
-        steps = ([self.cacheless] if self.cacheless else []) + self.restore
-        return kv_ok and all(s.ok for s in steps)
+        return kv_ok and all(s.ok for s in self.steps)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "ok": self.ok}
@@ -161,6 +168,26 @@ def restore(model: LoadedModel, prompt: str = PROMPT, n_steps: int = 32) -> list
     return checks
 
 
+def bounded(model: LoadedModel, prompt: str = PROMPT, n_steps: int = 32) -> list[StepsCheck]:
+    """kvdirect with a budget of half the prompt (so the prompt takes its one-pass path) and adaptive
+    drafting, for each checkpoint kind: n_steps greedy tokens and the last logits against the full cache."""
+    n_prompt = len(model.tokenize(prompt))
+    greedy = SamplingParams(temperature=0.0)
+    budget = max(8, n_prompt // 2)
+    with _session(model, n_prompt + n_steps) as full:
+        full.feed(prompt)
+        want = full.generate(max_tokens=n_steps, sampling=greedy, stop_at_eog=False).tokens
+        want_logits = full.logits()
+    checks = []
+    for kind in CHECKPOINTS:
+        with Session(model, kv_budget=budget, policy="kvdirect", checkpoint=kind, sampling=greedy) as session:
+            session.feed(prompt)
+            got = session.generate(max_tokens=n_steps, stop_at_eog=False).tokens
+            dlogit = float(np.max(np.abs(session.logits() - want_logits)))
+            checks.append(StepsCheck(f"kvdirect ({kind}) at budget {budget}, drafted", n_steps, got == want, dlogit))
+    return checks
+
+
 def verify(
     model: LoadedModel, *, cacheless_steps: int = 64, restore_steps: int = 32, prompt: str = PROMPT
 ) -> VerifyReport:
@@ -170,6 +197,7 @@ def verify(
     report.recoverability = recoverability(model, prompt)
     report.cacheless = cacheless(model, prompt, cacheless_steps)
     report.restore = restore(model, prompt, restore_steps)
+    report.bounded = bounded(model, prompt, restore_steps)
     return report
 
 
@@ -199,7 +227,7 @@ def format_report(report: VerifyReport) -> str:
             f"recoverability, {len(rows)} {kind} layers: max |dK|,|dV| = {worst:.3g}"
             f"  {'OK' if worst == 0 else 'MISMATCH'}"
         )
-    for check in ([report.cacheless] if report.cacheless else []) + report.restore:
+    for check in report.steps:
         lines.append(
             f"{check.name}: {check.n_steps} steps, tokens "
             f"{'identical' if check.tokens_identical else 'DIFFER'}, max |dlogit| = "
