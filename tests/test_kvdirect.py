@@ -108,7 +108,9 @@ def test_bad_ephemeral_rows_are_refused_and_lose_nothing(smollm2):
             (token, pos, ids[1:], eph[1:], None),  # a position neither cached nor ephemeral
             (token, pos, ids, eph[::-1].copy(), None),  # not increasing
             (token, pos, ids[:1], np.array([pos + 3], np.int32), None),  # after the new token
-            (token, pos, ids, eph, rows[:, :-1]),  # residuals of the wrong shape
+            (token, pos, ids, eph, np.zeros((rows.shape[0], len(eph) + 1, rows.shape[2]), np.float32)),  # too many
+            (token, pos, ids, eph, rows[:-1]),  # a layer short
+            (token, pos, ids, eph, rows[:, :, :-1]),  # rows of the wrong width
             (np.array([10**7], np.int32), pos, ids, eph, None),  # outside the vocabulary
             (np.zeros(0, np.int32), pos, ids, eph, None),  # nothing to decode
             (token, pos, ids[:-1], eph, None),  # ids and positions disagree

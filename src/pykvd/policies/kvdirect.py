@@ -41,8 +41,13 @@ class _Rows:
         shape.insert(self._axis, rows)
         return tuple(shape)
 
-    def put(self, first: int, rows: np.ndarray) -> None:
+    def put(self, first: int, rows: np.ndarray, *, owned: bool = False) -> None:
+        """Store rows from position first on. owned: nobody else holds rows, so the first rows (a whole
+        prompt's residuals, say) may become the store itself instead of being copied."""
         end = first + rows.shape[self._axis]
+        if owned and self.n == 0 and first == 0 and rows.dtype == self._dtype and rows.flags.c_contiguous:
+            self.data, self.n = rows, end
+            return
         if end > self.data.shape[self._axis]:
             grown = np.zeros(self._sized(max(end, 2 * self.data.shape[self._axis], 64)), dtype=self._dtype)
             index = [slice(None)] * grown.ndim
@@ -124,7 +129,7 @@ class KVDirect(StreamingSinks):
         old_h = self._store.take(old) if len(old) else np.zeros((n_layer, 0, n_embd), np.float32)
         eph_tokens = np.concatenate([np.zeros(len(old), np.int32), tokens[:n_passing]])
         logits, h = ctx.decode_ephemeral(new, pos + n_passing, eph_tokens, eph_pos, old_h, capture=True, outputs=flags)
-        self._store.put(pos, h)
+        self._store.put(pos, h, owned=True)  # the binding's fresh array
         return logits
 
     def draft(self, ctx, token: int, pos: int, k: int) -> list[int]:
