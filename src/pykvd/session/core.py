@@ -4,6 +4,7 @@ policy, statistics, and one call at a time."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 import threading
@@ -103,7 +104,7 @@ class SessionStats:
 
 
 @dataclass
-class _Counters:
+class _Counters:  # the cumulative fields of SessionStats, under the same names
     n_prefill_tokens: int = 0
     n_generated: int = 0
     n_decode_steps: int = 0
@@ -358,20 +359,11 @@ class SessionCore:
     def stats(self) -> SessionStats:
         ctx = self._context()
         mem = ctx.memory()
-        c = self._counters
         return SessionStats(
             n_ctx=ctx.n_ctx,
             n_tokens=len(self._tokens),
             n_cached=len(self._policy.hot),
-            n_prefill_tokens=c.n_prefill_tokens,
-            n_generated=c.n_generated,
-            n_decode_steps=c.n_decode_steps,
-            n_verifies=c.n_verifies,
-            n_drafted=c.n_drafted,
-            n_draft_accepted=c.n_draft_accepted,
-            n_draft_rejected=c.n_draft_rejected,
-            prefill_s=c.prefill_s,
-            decode_s=c.decode_s,
+            **dataclasses.asdict(self._counters),  # every counter is a field of the stats
             kv_bytes=mem["kv"],
             checkpoint_bytes=self._policy.checkpoint_bytes(),
             compute_bytes=mem["compute"],
