@@ -118,8 +118,62 @@ def test_bad_ephemeral_rows_are_refused_and_lose_nothing(smollm2):
         for args in bad_calls:
             with pytest.raises(ValueError):
                 ctx.decode_ephemeral(*args)
+        store = np.zeros((rows.shape[0], 2 * len(eph) + 1, rows.shape[2]), np.float32)
+        read_only = store[:, :1].copy()
+        read_only.flags.writeable = False
+        bad_stores = [
+            {"eph_h": rows.astype(np.float64)},  # never converted behind the caller's back
+            {"eph_h": store[:, : 2 * len(eph) : 2]},  # rows not packed
+            {"eph_h": rows[::-1]},  # layers backwards
+            {"capture": True, "h_out": store[:, :2]},  # one row runs, not two
+            {"capture": True, "h_out": read_only},
+            {"capture": True, "h_out": store[:, :1].astype(np.float64)},
+            {"h_out": store[:, :1]},  # h_out without capture
+        ]
+        for kwargs in bad_stores:
+            with pytest.raises(ValueError):
+                ctx.decode_ephemeral(token, pos, ids, eph, **{"eph_h": rows, **kwargs})
         assert bounded.stats.n_cached == 16
         assert_same_steps(full, bounded, 4)
+
+
+def test_residual_rows_are_read_and_written_in_place(smollm2):
+    """eph_h and h_out may be views into a checkpoint store: the same logits and rows as packed arrays."""
+    with smollm2.session(kv_budget=16, policy="kvdirect", checkpoint="residuals") as bounded:
+        bounded.feed(LONG_PROMPT)
+        ctx, pos, store = bounded._ctx, len(bounded.tokens), bounded._policy._store
+        bounded._policy.make_room(ctx, 1)
+        eph = bounded._policy.evicted(pos)
+        ids, token = np.zeros(len(eph), np.int32), np.array([42], np.int32)
+        view = store.take(eph)
+        assert not view.flags.c_contiguous and np.shares_memory(view, store.data)  # no gather
+        packed = np.ascontiguousarray(view)
+        logits, rows = ctx.decode_ephemeral(token, pos, ids, eph, packed, capture=True)
+        ctx.seq_rm(0, pos, -1)
+        into = store.rows(pos, pos + 1)
+        logits_in_place, returned = ctx.decode_ephemeral(token, pos, ids, eph, view, capture=True, h_out=into)
+        assert np.array_equal(logits, logits_in_place)
+        assert np.shares_memory(returned, store.data) and np.array_equal(into, rows)
+        ctx.seq_rm(0, pos, -1)
+
+
+def test_a_long_residuals_prompt_holds_one_copy_of_its_rows(smollm2):
+    """The prompt's residuals are written straight into the checkpoint store (a reserved mapping, not
+    numpy's heap): numpy allocates nothing near the checkpoint's size on the way."""
+    import tracemalloc
+
+    ids = np.resize(smollm2.tokenize(LONG_PROMPT), 1024).astype(np.int32)
+    with smollm2.session(kv_budget=64, policy="kvdirect", checkpoint="residuals", draft=0) as bounded:
+        tracemalloc.start()
+        try:
+            bounded.feed(ids)
+            bounded.generate(max_tokens=2, stop_at_eog=False)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        checkpoint = bounded.stats.checkpoint_bytes
+        assert checkpoint == 4 * smollm2.info.n_layer * smollm2.info.n_embd * bounded.stats.n_tokens
+        assert peak < checkpoint / 8, (peak, checkpoint)
 
 
 def test_cli_kvdirect_run_matches_the_full_cache():

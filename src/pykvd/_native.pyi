@@ -40,6 +40,7 @@ class Context:
         capture: bool = ...,
         seq_id: typing.SupportsInt | typing.SupportsIndex = ...,
         outputs: object = ...,
+        h_out: object = ...,
     ) -> tuple: ...
     def decode_token(
         self,

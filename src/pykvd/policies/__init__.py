@@ -26,10 +26,17 @@ def checked_n_sink(n_sink) -> int:
 
 
 def make_policy(
-    name: str, budget: int | None, *, n_sink: int = 4, checkpoint: str | None = None, n_layer: int = 0, n_embd: int = 0
+    name: str,
+    budget: int | None,
+    *,
+    n_sink: int = 4,
+    checkpoint: str | None = None,
+    n_layer: int = 0,
+    n_embd: int = 0,
+    n_positions: int = 0,
 ) -> CachePolicy:
     """The policy called name. checkpoint ("tokens" or "residuals") applies to kvdirect only;
-    n_layer and n_embd size its residual checkpoint."""
+    n_layer, n_embd and n_positions (the most positions a session reaches) size its residual checkpoint."""
     n_sink = checked_n_sink(n_sink)
     if budget is not None and (not is_integer(budget) or budget < 1):
         raise BudgetError(f"a policy's budget must be a positive number of tokens, not {budget!r}")
@@ -48,6 +55,7 @@ def make_policy(
             checkpoint=cls.checkpoints[0] if checkpoint is None else checkpoint,
             n_layer=n_layer,
             n_embd=n_embd,
+            n_positions=n_positions,
         )
     elif checkpoint is not None:
         keepers = [n for n, c in POLICIES.items() if c.checkpoints]

@@ -23,44 +23,10 @@ import numpy as np
 
 from ..errors import PolicyError
 from ..outputs import Outputs
+from .checkpoint_store import ResidualStore, TokenStore
 from .streaming import StreamingSinks
 
 CHECKPOINTS = ("tokens", "residuals")
-
-
-class _Rows:
-    """A growable array of per-token rows along axis ``axis`` (capacity doubles, like a list)."""
-
-    def __init__(self, shape: tuple[int, ...], dtype, axis: int):
-        self._shape, self._dtype, self._axis = shape, dtype, axis
-        self.data = np.zeros(self._sized(0), dtype=dtype)
-        self.n = 0
-
-    def _sized(self, rows: int) -> tuple[int, ...]:
-        shape = list(self._shape)
-        shape.insert(self._axis, rows)
-        return tuple(shape)
-
-    def put(self, first: int, rows: np.ndarray, *, owned: bool = False) -> None:
-        """Store rows from position first on. owned: nobody else holds rows, so the first rows (a whole
-        prompt's residuals, say) may become the store itself instead of being copied."""
-        end = first + rows.shape[self._axis]
-        if owned and self.n == 0 and first == 0 and rows.dtype == self._dtype and rows.flags.c_contiguous:
-            self.data, self.n = rows, end
-            return
-        if end > self.data.shape[self._axis]:
-            grown = np.zeros(self._sized(max(end, 2 * self.data.shape[self._axis], 64)), dtype=self._dtype)
-            index = [slice(None)] * grown.ndim
-            index[self._axis] = slice(0, self.n)
-            grown[tuple(index)] = self.data[tuple(index)]
-            self.data = grown
-        index = [slice(None)] * self.data.ndim
-        index[self._axis] = slice(first, end)
-        self.data[tuple(index)] = rows
-        self.n = end
-
-    def take(self, positions: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(np.take(self.data, positions, axis=self._axis))
 
 
 class KVDirect(StreamingSinks):
@@ -74,20 +40,27 @@ class KVDirect(StreamingSinks):
     verifies_drafts = True
 
     def __init__(
-        self, budget: int | None, *, n_sink: int = 4, checkpoint: str = "tokens", n_layer: int = 0, n_embd: int = 0
+        self,
+        budget: int | None,
+        *,
+        n_sink: int = 4,
+        checkpoint: str = "tokens",
+        n_layer: int = 0,
+        n_embd: int = 0,
+        n_positions: int = 0,
     ):
         super().__init__(budget, n_sink=n_sink)
         if checkpoint not in CHECKPOINTS:
             raise PolicyError(f"unknown checkpoint kind {checkpoint!r} (choose from {', '.join(CHECKPOINTS)})")
         self.checkpoint = checkpoint
         self._layers = (n_layer, n_embd)
+        self._n_positions = n_positions
         self._store = self._new_store()
 
-    def _new_store(self) -> _Rows:
+    def _new_store(self) -> TokenStore | ResidualStore:
         if self.checkpoint == "tokens":
-            return _Rows((), np.int32, 0)
-        n_layer, n_embd = self._layers
-        return _Rows((n_layer, n_embd), np.float32, 1)
+            return TokenStore()
+        return ResidualStore(*self._layers, self._n_positions)
 
     def evicted(self, pos: int) -> np.ndarray:
         """Positions before pos that are in no cell: the ephemeral rows of a decode at pos."""
@@ -119,17 +92,28 @@ class KVDirect(StreamingSinks):
         eph_pos = np.concatenate([old, np.arange(pos, pos + n_passing, dtype=np.int32)])
         new = tokens[n_passing:]
         flags = outputs.flags(len(new))  # the output head only where logits are asked for
-        if self.checkpoint == "tokens":
-            self._store.put(pos, tokens)
-            logits, _ = ctx.decode_ephemeral(new, pos + n_passing, self._store.take(eph_pos), eph_pos, outputs=flags)
+        store = self._store
+        if isinstance(store, TokenStore):
+            store.put(pos, tokens)
+            logits, _ = ctx.decode_ephemeral(new, pos + n_passing, store.take(eph_pos), eph_pos, outputs=flags)
             return logits
         # Evicted tokens enter from their residuals; passing ones run from their ids, and every row
-        # run gives its residuals to the checkpoint.
-        n_layer, n_embd = self._layers
-        old_h = self._store.take(old) if len(old) else np.zeros((n_layer, 0, n_embd), np.float32)
+        # run writes its residuals straight into the store.
+        end = pos + len(tokens)
+        if end > store.data.shape[1]:
+            raise PolicyError(f"the residual checkpoint holds {store.data.shape[1]} positions, not {end}")
         eph_tokens = np.concatenate([np.zeros(len(old), np.int32), tokens[:n_passing]])
-        logits, h = ctx.decode_ephemeral(new, pos + n_passing, eph_tokens, eph_pos, old_h, capture=True, outputs=flags)
-        self._store.put(pos, h, owned=True)  # the binding's fresh array
+        logits, _ = ctx.decode_ephemeral(
+            new,
+            pos + n_passing,
+            eph_tokens,
+            eph_pos,
+            store.take(old),
+            capture=True,
+            outputs=flags,
+            h_out=store.rows(pos, end),
+        )
+        store.written(end)
         return logits
 
     def draft(self, ctx, token: int, pos: int, k: int) -> list[int]:
@@ -147,11 +131,11 @@ class KVDirect(StreamingSinks):
         return drafted
 
     def checkpoint_bytes(self) -> int:
-        return int(self._store.data.nbytes)
+        return self._store.nbytes
 
     def truncate(self, n: int) -> None:
         super().truncate(n)
-        self._store.n = min(self._store.n, n)
+        self._store.truncate(n)
 
     def reset(self) -> None:
         super().reset()

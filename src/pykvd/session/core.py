@@ -240,6 +240,7 @@ class SessionCore:
             checkpoint=checkpoint,
             n_layer=info.n_layer,
             n_embd=info.n_embd,
+            n_positions=info.n_ctx_train,
         ), budget
 
     def _draft_length(self, setting: int | None) -> DraftLength | None:
