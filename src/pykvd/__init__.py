@@ -28,6 +28,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "Model": "pykvd.api",
+    "Llama": "pykvd.llama",
     "Session": "pykvd.session",
     "SamplingParams": "pykvd.sampling",
     "RuntimeProfile": "pykvd.profile",
