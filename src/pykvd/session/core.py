@@ -148,7 +148,7 @@ class SessionCore:
     drafting off, K drafts K. Output is the same either way.
 
     A session serves one call at a time. A call that would change it (feed, generate,
-    stream, chat, chat_stream, reset, evict, refill, forward_layers, capture) made while
+    stream, chat, chat_stream, reset, rewind, evict, refill, forward_layers, capture) made while
     another is in progress -- in another thread, or a stream()/chat_stream() not yet
     exhausted or closed -- raises SessionBusyError and changes nothing; close() always
     works. Use one session per thread, or finish (or close()) a stream before the next call.
@@ -223,6 +223,7 @@ class SessionCore:
         self._busy = threading.Lock()  # held by the call in progress (a stream: until it ends)
         self._capture: ResidualCapture | None = None
         self._logits: np.ndarray | None = None  # last logits, when the policy computed them (kvdirect)
+        self._logits_dropped = False  # rewind() cut off the tokens the context's last logits are for
         # Drafted tokens a verification computed exactly past the last decoded one, with the logits
         # that follow each; they take effect only if the sampler draws the same tokens.
         self._ahead: list[tuple[int, np.ndarray]] = []
@@ -346,6 +347,42 @@ class SessionCore:
         self._ahead = []
         self._policy.reset()
 
+    @_one_call
+    def rewind(self, n: int) -> None:
+        """Keep the first n of ``tokens`` and forget the rest (and the chat messages, which no longer
+        match them): a server reusing a cached prompt rewinds to where a new prompt departs from it.
+
+        Under full and kvdirect the session is then exactly one that processed only those n tokens; a
+        lossy policy keeps what it still held of them. Nothing is decoded here: the last kept token
+        waits, like a sampled token, to be processed again with the next call's tokens, in that call's
+        one pass (for kvdirect, one recompute of the evicted tokens instead of two). Its logits, gone
+        with the tokens after it, exist again once that call has run.
+        """
+        ctx = self._context()
+        n = _checked_index(n, "n", len(self.tokens))
+        if self._capture is not None:
+            raise SessionBusyError("cannot rewind while a capture is active: its rows would outlive their tokens")
+        if n == len(self.tokens):
+            return
+        self.messages = []
+        if n == len(self._tokens) and not self._logits_dropped:
+            self._pending = []  # only the sampled token goes: the logits it was drawn from stay valid
+            return
+        kept = self.tokens[:n]
+        n_decoded = min(max(n - 1, 0), len(self._tokens))  # tokens still pending were never decoded
+        if not ctx.seq_rm(0, n_decoded, -1):
+            # Recurrent state cannot be cut back to a prefix: keep the tokens, process them all again.
+            ctx.memory_clear()
+            self._policy.reset()
+            n_decoded = 0
+        else:
+            # forget() before truncate: policies that score tokens drop the scores of the forgotten ones.
+            self._policy.forget(range(n_decoded, len(self._tokens)))
+            self._policy.truncate(n_decoded)
+        self._tokens, self._pending = kept[:n_decoded], kept[n_decoded:]
+        self._logits = None
+        self._logits_dropped = True
+
     def logits(self) -> np.ndarray:
         """Logits (float32, n_vocab) for the next token after the last processed one."""
         ctx = self._context()
@@ -354,6 +391,8 @@ class SessionCore:
         return self._logits.copy() if self._logits is not None else ctx.logits(-1)
 
     def _has_logits(self) -> bool:
+        if self._logits_dropped:  # rewind() dropped the tokens llama.cpp's last logits belong to
+            return False
         return bool(self._tokens) and (self._logits is not None or self._ctx.n_outputs > 0)
 
     @property
@@ -422,6 +461,7 @@ class SessionCore:
         ctx, pos = self._ctx, len(self._tokens)
         logits = self._policy.arrive(ctx, np.asarray(chunk, dtype=np.int32), pos, outputs)
         self._logits = None if logits is None else logits[-1]
+        self._logits_dropped = False
         self._policy.observe(ctx, pos, len(chunk))
         if self._capture is not None:
             self._capture._add(ctx, pos, chunk)
