@@ -1,4 +1,4 @@
-"""The pykvd command line: run, chat, info, plan, verify, models, paths.
+"""The pykvd command line: run, chat, serve, info, plan, verify, models, paths.
 
 Generated text goes to stdout and nothing else does; progress, statistics and
 errors go to stderr. Any error caused by the user's input, including a malformed
@@ -94,6 +94,13 @@ def _parser() -> argparse.ArgumentParser:
     _generation_args(chat, default_tokens=256)
     chat.set_defaults(handler=_cmd_chat)
 
+    serve = sub.add_parser(
+        "serve", help="an OpenAI-compatible HTTP server, flags as llama-server's (needs the server extra)"
+    )
+    _serve_args(serve)
+    _generation_args(serve, default_tokens=-1, serving=True)
+    serve.set_defaults(handler=_cmd_serve)
+
     info = sub.add_parser("info", help="architecture and per-token state table of a model")
     _model_arg(info, optional=False)
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -173,10 +180,57 @@ def _model_arg(parser: argparse.ArgumentParser, *, optional: bool) -> None:
         parser.add_argument("model", help=help_text)
 
 
-def _generation_args(parser: argparse.ArgumentParser, *, default_tokens: int = 128) -> None:
-    g = parser.add_argument_group("generation")
+def _serve_args(parser: argparse.ArgumentParser) -> None:
+    from .server.config import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_QUEUE
+
+    names = ", ".join(sorted(model_registry.MODELS))
+    parser.add_argument(
+        "model",
+        nargs="?",
+        default=None,
+        help=f"a GGUF path or a fetchable model name ({names}); default {model_registry.DEFAULT_MODEL}",
+    )
+    parser.add_argument(
+        "-m", "--model", dest="model_option", metavar="MODEL", help="the model, as llama-server takes it"
+    )
+    s = parser.add_argument_group("server")
+    s.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST}: loopback only)")
+    s.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 picks a free one)")
+    s.add_argument(
+        "-np",
+        "--parallel",
+        type=int,
+        default=1,
+        metavar="N",
+        help="slots: requests served at once, each its own session",
+    )
+    s.add_argument(
+        "--queue",
+        type=int,
+        default=DEFAULT_QUEUE,
+        metavar="N",
+        help=f"requests that may wait for a slot; beyond them the answer is 503 (default {DEFAULT_QUEUE})",
+    )
+    s.add_argument(
+        "--api-key",
+        default=os.environ.get("PYKVD_API_KEY"),
+        metavar="KEY",
+        help="answer 401 to requests without 'Authorization: Bearer KEY' (default: $PYKVD_API_KEY)",
+    )
+    s.add_argument("-a", "--alias", metavar="NAME", help="the model's id in the API (default: its name or file name)")
+
+
+def _generation_args(parser: argparse.ArgumentParser, *, default_tokens: int = 128, serving: bool = False) -> None:
+    g = parser.add_argument_group("generation (for serve: the defaults of a request)" if serving else "generation")
     g.add_argument(
-        "-n", "--n-predict", type=int, default=default_tokens, metavar="N", help="maximum tokens to generate"
+        "-n",
+        "--n-predict",
+        type=int,
+        default=default_tokens,
+        metavar="N",
+        help="max_tokens of a request that gives none (-1: to the end of generation or the context)"
+        if serving
+        else "maximum tokens to generate",
     )
     g.add_argument("--temp", type=float, default=0.0, help="temperature; 0 = greedy (default)")
     g.add_argument("--top-k", type=int, default=40)
@@ -185,7 +239,8 @@ def _generation_args(parser: argparse.ArgumentParser, *, default_tokens: int = 1
     g.add_argument("--repeat-penalty", type=float, default=1.0)
     g.add_argument("--repeat-last-n", type=int, default=64)
     g.add_argument("--seed", type=int, default=None, help="sampling seed (default: random)")
-    g.add_argument("--ignore-eos", action="store_true", help="do not stop at end-of-generation tokens")
+    if not serving:
+        g.add_argument("--ignore-eos", action="store_true", help="do not stop at end-of-generation tokens")
     c = parser.add_argument_group("context")
     c.add_argument(
         "-c",
@@ -193,10 +248,20 @@ def _generation_args(parser: argparse.ArgumentParser, *, default_tokens: int = 1
         type=int,
         default=None,
         metavar="N",
-        help="context size in tokens (default: min(4096, trained))",
+        help="total context, shared evenly among the slots as llama-server does (0: trained; default: "
+        "min(4096, trained) per slot)"
+        if serving
+        else "context size in tokens (default: min(4096, trained))",
     )
     c.add_argument("-b", "--batch-size", type=int, default=512, metavar="N")
-    c.add_argument("-t", "--threads", type=int, default=None, metavar="N")
+    c.add_argument(
+        "-t",
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="threads per slot (default: the usable CPUs shared among the slots)" if serving else None,
+    )
     c.add_argument(
         "--chat-template",
         metavar="TEMPLATE",
@@ -208,8 +273,9 @@ def _generation_args(parser: argparse.ArgumentParser, *, default_tokens: int = 1
         action="store_true",
         help="let llama.cpp pick its fastest kernels (flash attention, repacked weights); not bit-exact",
     )
-    c.add_argument("--stats", action="store_true", help="print timings and memory to stderr")
-    k = parser.add_argument_group("bounded memory")
+    if not serving:
+        c.add_argument("--stats", action="store_true", help="print timings and memory to stderr")
+    k = parser.add_argument_group("bounded memory (for serve: per slot)" if serving else "bounded memory")
     k.add_argument(
         "--kv-budget",
         metavar="B",
@@ -238,7 +304,12 @@ def _generation_args(parser: argparse.ArgumentParser, *, default_tokens: int = 1
         help="kvdirect: tokens drafted over the hot cells and verified exactly in one step "
         "(0: off; default: adapted to the measured acceptance). The output is the same either way",
     )
-    c.add_argument("-v", "--verbose", action="store_true", help="show llama.cpp's log on stderr")
+    c.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="show llama.cpp's log (and, for serve, each request) on stderr",
+    )
 
 
 # -- shared helpers ------------------------------------------------------------
@@ -396,6 +467,71 @@ def _chat_lines(interactive: bool):
         if not line:
             return
         yield line
+
+
+def _cmd_serve(args) -> int:
+    _require_server_extra()
+    config = _server_config(args)  # every flag checked before the model loads
+    from ._llama import native
+    from .server.runner import serve
+
+    native.set_log_to_stderr(args.verbose)
+    serve(config, progress=_progress)
+    return 0
+
+
+def _require_server_extra() -> None:
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise PykvdError(
+            f"pykvd serve needs Starlette and uvicorn ({exc.name or 'they'} not found): pip install 'kvdirect[server]'"
+        ) from None
+
+
+def _server_config(args):
+    from .server.config import ServerConfig
+
+    if args.model is not None and args.model_option is not None and args.model != args.model_option:
+        raise _UsageError("serve: give the model once, as MODEL or as -m (see: pykvd serve --help)")
+    checks = (
+        (0 <= args.port <= 65535, f"--port must be in [0, 65535], not {args.port}"),
+        (args.parallel >= 1, f"--parallel must be a positive integer, not {args.parallel}"),
+        (args.queue >= 0, f"--queue must be an integer >= 0, not {args.queue}"),
+        (args.n_predict >= -1, f"--n-predict must be -1 (no limit) or >= 0, not {args.n_predict}"),
+        (args.ctx_size is None or args.ctx_size >= 0, f"--ctx-size must be >= 0, not {args.ctx_size}"),
+        (args.api_key is None or args.api_key.strip() != "", "--api-key must not be empty"),
+        (
+            args.ctx_size is None or args.kv_budget is None,
+            "give either --ctx-size or --kv-budget: a bounded slot's cells are its budget",
+        ),
+    )
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+    return ServerConfig(
+        model=args.model_option or args.model or model_registry.DEFAULT_MODEL,
+        alias=args.alias,
+        host=args.host,
+        port=args.port,
+        parallel=args.parallel,
+        queue=args.queue,
+        api_key=args.api_key,
+        ctx_size=args.ctx_size,
+        batch_size=args.batch_size,
+        threads=args.threads,
+        chat_template=args.chat_template,
+        exact=not args.fast,
+        sampling=_sampling(args),
+        max_tokens=None if args.n_predict == -1 else args.n_predict,
+        kv_budget=args.kv_budget,
+        policy=args.policy,
+        n_sink=args.sinks,
+        checkpoint=args.checkpoint,
+        draft=args.draft,
+        verbose=args.verbose,
+    )
 
 
 def _cmd_info(args) -> int:
