@@ -249,6 +249,20 @@ def test_a_prompt_that_does_not_extend_the_session_starts_over(llm):
     assert llm.session.tokens[: out["usage"]["prompt_tokens"]] == llm.tokenize(COUNTING.encode())
 
 
+def test_a_prompt_that_departs_part_way_keeps_the_common_prefix(llm, smollm2_path):
+    """As llama-cpp-python keeps its longest common prefix: only the tokens after it (and the last kept
+    one, whose logits went with the rest) go through the model, and the result is a fresh object's."""
+    llm(PROMPT + " It is known for", max_tokens=4, temperature=0)
+    departing = PROMPT + " Its most famous"
+    shared = len(llm.tokenize(PROMPT.encode()))
+    before = prefilled(llm)
+    out = llm(departing, max_tokens=4, temperature=0)
+    n_prompt = out["usage"]["prompt_tokens"]
+    assert n_prompt > shared and prefilled(llm) - before <= n_prompt - shared + 1
+    with pykvd.Llama(model_path=str(smollm2_path), **CONTEXT) as fresh:
+        assert out["choices"] == fresh(departing, max_tokens=4, temperature=0)["choices"]
+
+
 def test_reset_forgets_the_session(llm):
     llm(PROMPT, max_tokens=4, temperature=0)
     llm.reset()

@@ -52,8 +52,10 @@ from .errors import (
     SessionClosedError,
 )
 from .integers import INT32_MAX
+from .prompt_reuse import continue_from
 from .sampling import SamplingParams
 from .session import Session
+from .stop_strings import StopStrings
 
 Completion = Dict[str, Any]
 CompletionChunk = Dict[str, Any]
@@ -453,17 +455,9 @@ class Llama:
     # -- the generation behind both ----------------------------------------------
 
     def _start(self, request: _Request) -> _Run:
-        """Begin generating after the request's prompt, feeding only what the session does not hold."""
-        session, ids = self.session, request.ids
-        held = session.tokens
-        if held and len(held) <= len(ids) and ids[: len(held)] == held:
-            try:
-                return self._stream(ids[len(held) :] or None, request)
-            except PromptError:  # it holds the prompt but no logits after it (an interrupted call)
-                pass
-        if held:
-            session.reset()
-        return self._stream(ids, request)
+        """Begin generating after the request's prompt, processing only where it departs from what the
+        session holds (exact under full and kvdirect, as llama-cpp-python keeps its longest common prefix)."""
+        return self._stream(continue_from(self.session, request.ids), request)
 
     def _stream(self, new_ids: Optional[List[int]], request: _Request) -> _Run:
         pieces = self.session.stream(new_ids, max_tokens=request.max_tokens, sampling=request.sampling)
@@ -567,26 +561,22 @@ class _Run:
         self.n_completion = 0
 
     def deltas(self) -> Iterator[str]:
-        stops = self._request.stops
-        text, sent, stopped = "", 0, False
+        stops = StopStrings(self._request.stops)
         try:
             for piece in self._pieces:
-                searched = len(text)
-                text += piece
-                cut = _first_stop(text, stops, searched)
-                if cut is not None:
-                    text, stopped = text[:cut], True
+                delta = stops.feed(piece)
+                if delta:
+                    yield delta
+                if stops.stopped:
                     break
-                safe = len(text) - _partial_stop(text, stops)
-                if safe > sent:
-                    yield text[sent:safe]
-                    sent = safe
         finally:
             close = getattr(self._pieces, "close", None)
             if close is not None:
                 close()  # ends the session's stream: the session takes other calls again
-        if len(text) > sent:
-            yield text[sent:]
+        held = "" if stops.stopped else stops.flush()
+        if held:
+            yield held
+        stopped = stops.stopped
         # The session holds the prompt, then every generated token (an end-of-generation token is not kept).
         self.n_completion = len(self._session.tokens) - len(self._request.ids)
         self.finish_reason = "stop" if stopped or self.n_completion < self._request.max_tokens else "length"
@@ -754,25 +744,6 @@ def _chat_chunk(request: _Request, delta: Dict[str, str], finish_reason: Optiona
 
 
 # -- stop strings ----------------------------------------------------------------------------------
-
-
-def _first_stop(text: str, stops: Sequence[str], searched: int) -> Optional[int]:
-    """Where the earliest stop string starts in text, looking only at matches that end past
-    ``searched`` (the text before it was searched already)."""
-    found = [text.find(stop, max(0, searched - len(stop) + 1)) for stop in stops]
-    hits = [i for i in found if i >= 0]
-    return min(hits) if hits else None
-
-
-def _partial_stop(text: str, stops: Sequence[str]) -> int:
-    """The length of the longest end of text that begins some stop string (text to hold back)."""
-    longest = 0
-    for stop in stops:
-        for k in range(min(len(stop) - 1, len(text)), longest, -1):
-            if text.endswith(stop[:k]):
-                longest = k
-                break
-    return longest
 
 
 def _checked_stops(stop: Union[str, Sequence[str], None]) -> List[str]:

@@ -7,8 +7,9 @@ the rest. Modules, in the order a request meets them:
 - app.py: the Starlette application, errors in OpenAI's shape; auth.py: --api-key
 - routes.py: the endpoints; validation.py: request bodies; shapes.py: response bodies
 - engine.py: the model, its slots and their threads; slots.py: the slots and the bounded queue
-- reuse.py: prompt reuse (longest common prefix, Session.rewind); worker.py: one generation in a
-  slot's thread; stops.py: stop strings; streaming.py: server-sent events and client disconnects
+- worker.py: one generation in a slot's thread, with pykvd.prompt_reuse (longest common prefix,
+  Session.rewind) and pykvd.stop_strings, which pykvd.Llama shares; streaming.py: server-sent events
+  and client disconnects
 - config.py: the settings; runner.py: binding, loading and running uvicorn
 
 Imports run one way: this package imports pykvd, never the reverse. The command line imports

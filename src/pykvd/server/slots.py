@@ -13,9 +13,9 @@ import itertools
 from collections import deque
 from typing import Sequence
 
+from ..prompt_reuse import common_prefix
 from ..session import Session, SessionStats
 from .errors import queue_full
-from .reuse import common_prefix
 
 
 class Slot:

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Union
 
 from ..errors import PykvdError
+from ..prompt_reuse import continue_from
 from ..sampling import SamplingParams
+from ..stop_strings import StopStrings
 from .errors import APIError, from_pykvd, server_error
-from .reuse import continue_from
 from .slots import Slot
-from .stops import StopStrings
 
 log = logging.getLogger("pykvd.server")
 

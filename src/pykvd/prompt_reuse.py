@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..session import Session
+from .session import Session
 
 
 def common_prefix(held: Sequence[int], prompt: Sequence[int]) -> int:
