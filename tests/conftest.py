@@ -8,14 +8,16 @@ temporary directory, one random-weight GGUF per architecture.
 from __future__ import annotations
 
 import inspect
+import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
 
 import pykvd
-from pykvd import models
+from pykvd import models, paths
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -48,6 +50,34 @@ def gemma3(gemma3_path):
     model = pykvd.Model(gemma3_path)
     yield model
     model.close()
+
+
+# llama-cpp-python's own Python package, run on pykvd's libllama (the patches only add API).
+LLAMA_CPP_PYTHON_SDIST = "llama_cpp_python-0.3.36"
+
+
+@pytest.fixture(scope="session")
+def llama_cpp_python_dir(tmp_path_factory) -> Path:
+    """llama-cpp-python's Python package, unpacked from the source distribution the build used."""
+    for module in ("diskcache", "jinja2", "typing_extensions"):
+        pytest.importorskip(module)
+    archive = models.cache_dir() / "src" / f"{LLAMA_CPP_PYTHON_SDIST}.tar.gz"
+    if not archive.exists():
+        pytest.skip(f"{archive} is not cached (built from another llama.cpp tree?)")
+    target = tmp_path_factory.mktemp("llama_cpp_python")
+    prefix = f"{LLAMA_CPP_PYTHON_SDIST}/llama_cpp/"
+    with tarfile.open(archive) as tar:
+        members = [m for m in tar.getmembers() if m.name.startswith(prefix) and m.isfile()]
+        for member in members:
+            member.name = member.name[len(LLAMA_CPP_PYTHON_SDIST) + 1 :]
+        tar.extractall(target, members=members)
+    return target
+
+
+def llama_cpp_python_env(bindings: Path) -> dict:
+    """The environment for a child process that imports llama_cpp from bindings over pykvd's libllama, in
+    pykvd's exact profile (GGML_CPU_TILED_MM=0)."""
+    return dict(os.environ, LLAMA_CPP_LIB_PATH=str(paths.lib_dir()), PYTHONPATH=str(bindings), GGML_CPU_TILED_MM="0")
 
 
 @pytest.fixture(scope="session")

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
 import subprocess
 import sys
-import tarfile
 
 import pytest
 
 import pykvd
-from pykvd import models, paths
+from conftest import llama_cpp_python_env
 from pykvd.errors import (
     ArgumentError,
     ArgumentTypeError,
@@ -33,7 +31,6 @@ from pykvd.errors import (
     SessionClosedError,
 )
 
-SDIST = "llama_cpp_python-0.3.36"
 PROMPT = "The capital of France is"
 COUNTING = "Count: one, two, three,"
 QUESTION = [{"role": "user", "content": "What is 2+2?"}]
@@ -98,27 +95,9 @@ print(json.dumps(run_calls(llm, calls)))
 
 
 @pytest.fixture(scope="module")
-def bindings_dir(tmp_path_factory):
-    """llama-cpp-python's Python package, unpacked from the cached source distribution."""
-    for module in ("diskcache", "jinja2", "typing_extensions"):
-        pytest.importorskip(module)
-    archive = models.cache_dir() / "src" / f"{SDIST}.tar.gz"
-    if not archive.exists():
-        pytest.skip(f"{archive} is not cached (built from another llama.cpp tree?)")
-    target = tmp_path_factory.mktemp("llama_cpp_python")
-    prefix = f"{SDIST}/llama_cpp/"
-    with tarfile.open(archive) as tar:
-        members = [m for m in tar.getmembers() if m.name.startswith(prefix) and m.isfile()]
-        for member in members:
-            member.name = member.name[len(SDIST) + 1 :]
-        tar.extractall(target, members=members)
-    return target
-
-
-@pytest.fixture(scope="module")
-def reference(bindings_dir, smollm2_path):
+def reference(llama_cpp_python_dir, smollm2_path):
     """What llama-cpp-python's Llama returns for CALLS."""
-    env = dict(os.environ, LLAMA_CPP_LIB_PATH=str(paths.lib_dir()), PYTHONPATH=str(bindings_dir), GGML_CPU_TILED_MM="0")
+    env = llama_cpp_python_env(llama_cpp_python_dir)
     script = REFERENCE.format(runner=inspect.getsource(run_calls))
     result = subprocess.run(
         [sys.executable, "-c", script],
@@ -127,7 +106,7 @@ def reference(bindings_dir, smollm2_path):
         text=True,
         env=env,
         timeout=600,
-        cwd=str(bindings_dir),
+        cwd=str(llama_cpp_python_dir),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout)

@@ -7,17 +7,13 @@ pointing at pykvd's lib folder, and must generate pykvd's greedy text.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-import tarfile
-
-import pytest
 
 import pykvd
-from pykvd import models, paths
+from conftest import llama_cpp_python_env
+from pykvd import models
 
-SDIST = "llama_cpp_python-0.3.36"
 PROMPT = "The capital of France is"
 
 GENERATE = """
@@ -28,33 +24,16 @@ print(out["choices"][0]["text"], end="")
 """
 
 
-@pytest.fixture(scope="module")
-def bindings_dir(tmp_path_factory):
-    for module in ("diskcache", "jinja2", "typing_extensions"):
-        pytest.importorskip(module)
-    archive = models.cache_dir() / "src" / f"{SDIST}.tar.gz"
-    if not archive.exists():
-        pytest.skip(f"{archive} is not cached (built from another llama.cpp tree?)")
-    target = tmp_path_factory.mktemp("llama_cpp_python")
-    prefix = f"{SDIST}/llama_cpp/"
-    with tarfile.open(archive) as tar:
-        members = [m for m in tar.getmembers() if m.name.startswith(prefix) and m.isfile()]
-        for member in members:
-            member.name = member.name[len(SDIST) + 1 :]
-        tar.extractall(target, members=members)
-    return target
-
-
-def test_llama_cpp_python_runs_on_the_patched_library(bindings_dir):
+def test_llama_cpp_python_runs_on_the_patched_library(llama_cpp_python_dir):
     model_path = str(models.fetch("smollm2"))
-    env = dict(os.environ, LLAMA_CPP_LIB_PATH=str(paths.lib_dir()), PYTHONPATH=str(bindings_dir), GGML_CPU_TILED_MM="0")
+    env = llama_cpp_python_env(llama_cpp_python_dir)
     result = subprocess.run(
         [sys.executable, "-c", GENERATE.format(model=model_path, prompt=PROMPT)],
         capture_output=True,
         text=True,
         env=env,
         timeout=300,
-        cwd=str(bindings_dir),
+        cwd=str(llama_cpp_python_dir),
     )
     assert result.returncode == 0, result.stderr[-2000:]
     with pykvd.Model(model_path) as model, model.session(n_ctx=512, n_threads=1) as session:

@@ -368,13 +368,8 @@ class Llama:
         _check_bool("echo", echo)
         _check_bool("stream", stream)
         ids = self._prompt_ids(prompt)
-        request = _Request(
-            ids=ids,
-            max_tokens=self._checked_max_tokens(max_tokens, len(ids)),
-            sampling=self._sampling(temperature, top_p, top_k, min_p, repeat_penalty, seed),
-            stops=_checked_stops(stop),
-            model_name=self._model_name(model),
-        )
+        sampling = self._sampling(temperature, top_p, top_k, min_p, repeat_penalty, seed)
+        request = self._request(ids, max_tokens, sampling, _checked_stops(stop), model)
         run = self._start(request)
         if stream:
             return self._completion_chunks(run, request)
@@ -440,19 +435,19 @@ class Llama:
         _check_bool("stream", stream)
         prompt, template_stops = self._chat.format(messages)
         ids = self._prompt_ids_of_chat(prompt)
-        request = _Request(
-            ids=ids,
-            max_tokens=self._checked_max_tokens(max_tokens, len(ids)),
-            sampling=self._sampling(temperature, top_p, top_k, min_p, repeat_penalty, seed),
-            stops=_checked_stops(stop) + template_stops,
-            model_name=self._model_name(model),
-        )
+        sampling = self._sampling(temperature, top_p, top_k, min_p, repeat_penalty, seed)
+        request = self._request(ids, max_tokens, sampling, _checked_stops(stop) + template_stops, model)
         run = self._start(request)
         if stream:
             return self._chat_chunks(run, request)
         return _chat_completion(request, run, "".join(run.deltas()))
 
     # -- the generation behind both ----------------------------------------------
+
+    def _request(
+        self, ids: List[int], max_tokens: Optional[int], sampling: SamplingParams, stops: List[str], model
+    ) -> _Request:
+        return _Request(ids, self._checked_max_tokens(max_tokens, len(ids)), sampling, stops, self._model_name(model))
 
     def _start(self, request: _Request) -> _Run:
         """Begin generating after the request's prompt, processing only where it departs from what the
