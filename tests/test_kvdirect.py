@@ -176,6 +176,16 @@ def test_a_long_residuals_prompt_holds_one_copy_of_its_rows(smollm2):
         assert peak < checkpoint / 8, (peak, checkpoint)
 
 
+def test_a_residual_store_too_large_to_reserve_is_a_clear_error():
+    """A GGUF may claim any trained context; the store's reservation failing is a PolicyError, not numpy's."""
+    from pykvd.policies.checkpoint_store import ResidualStore
+
+    with pytest.raises(PolicyError, match="address space"):
+        ResidualStore(80, 8192, 2**31 - 1)  # 5 PiB
+    store = ResidualStore(2, 8, 1024)
+    assert store.nbytes == 0 and store.data.shape == (2, 1024, 8)  # reserved, not yet backed
+
+
 def test_cli_kvdirect_run_matches_the_full_cache():
     import subprocess
     import sys

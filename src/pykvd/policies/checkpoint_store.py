@@ -7,6 +7,8 @@ import sys
 
 import numpy as np
 
+from ..errors import PolicyError
+
 # Linux's MAP_NORESERVE (Python's mmap module names it only from 3.11 on): a reservation that is
 # not charged against the commit limit, since only the pages written are ever backed.
 _NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000 if sys.platform.startswith("linux") else 0)
@@ -84,6 +86,12 @@ def _reserved_floats(shape: tuple[int, int, int]) -> np.ndarray:
         region = mmap.mmap(-1, nbytes, flags=flags) if flags else None
     except (OSError, ValueError, TypeError):
         region = None
-    if region is None:  # no anonymous mappings here: calloc'd zeros are backed lazily too
+    if region is not None:
+        return np.frombuffer(region, dtype=np.float32).reshape(shape)
+    try:  # no anonymous mapping here, or it was refused: calloc'd zeros are backed lazily too
         return np.zeros(shape, dtype=np.float32)
-    return np.frombuffer(region, dtype=np.float32).reshape(shape)
+    except MemoryError:
+        raise PolicyError(
+            f"a residual checkpoint of {shape[1]} positions needs {nbytes / 2**30:.1f} GiB of address space, "
+            "which this system refuses: use checkpoint='tokens'"
+        ) from None
