@@ -557,20 +557,7 @@ class _Run:
 
     def deltas(self) -> Iterator[str]:
         stops = StopStrings(self._request.stops)
-        try:
-            for piece in self._pieces:
-                delta = stops.feed(piece)
-                if delta:
-                    yield delta
-                if stops.stopped:
-                    break
-        finally:
-            close = getattr(self._pieces, "close", None)
-            if close is not None:
-                close()  # ends the session's stream: the session takes other calls again
-        held = "" if stops.stopped else stops.flush()
-        if held:
-            yield held
+        yield from stops.cut(self._pieces)  # closing the pieces ends the session's stream
         stopped = stops.stopped
         # The session holds the prompt, then every generated token (an end-of-generation token is not kept).
         self.n_completion = len(self._session.tokens) - len(self._request.ids)

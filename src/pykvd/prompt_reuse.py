@@ -13,18 +13,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
-
 from .session import Session
+from .session.core import common_prefix
 
-
-def common_prefix(held: Sequence[int], prompt: Sequence[int]) -> int:
-    """How many leading tokens the two sequences share."""
-    n = min(len(held), len(prompt))
-    if n == 0:
-        return 0
-    differ = np.flatnonzero(np.asarray(held[:n], dtype=np.int64) != np.asarray(prompt[:n], dtype=np.int64))
-    return int(differ[0]) if len(differ) else n
+__all__ = ["common_prefix", "continue_from"]
 
 
 def continue_from(session: Session, prompt: Sequence[int]) -> list[int] | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 
 class StopStrings:
@@ -26,6 +26,27 @@ class StopStrings:
         keep = self._longest_open_prefix(text)
         self._held = text[len(text) - keep :]
         return text[: len(text) - keep]
+
+    def cut(self, pieces: Iterable[str], cancelled: Callable[[], bool] = lambda: False) -> Iterator[str]:
+        """The text of pieces as it may go out, ending before the first stop string (or once cancelled()).
+        pieces is closed, if it can be, before the held tail goes out, so a session stream behind it takes
+        calls again by the time the consumer sees the last text."""
+        try:
+            for piece in pieces:
+                if cancelled():
+                    return
+                text = self.feed(piece)
+                if text:
+                    yield text
+                if self.stopped:
+                    return
+        finally:
+            close = getattr(pieces, "close", None)
+            if close is not None:
+                close()
+        tail = self.flush()
+        if tail:
+            yield tail
 
     def flush(self) -> str:
         """The held text, once generation has ended without a stop string."""

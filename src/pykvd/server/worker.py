@@ -102,19 +102,10 @@ def _generate(slot: Slot, job: Job, emit: Callable[[Event], None]) -> Finished:
         n_processed = session.stats.n_prefill_tokens - before.n_prefill_tokens
         n_cached = len(job.prompt) - n_processed
         emit(Prefilled(len(job.prompt), n_cached))
-        for piece in pieces:
-            if job.cancelled.is_set():
-                break
-            text = stops.feed(piece)
-            if text:
-                send(text)
-            if stops.stopped:
-                break
-        tail = stops.flush()
-        if tail and not job.cancelled.is_set():
-            send(tail)
+        for text in stops.cut(pieces, job.cancelled.is_set):
+            send(text)
     finally:
-        pieces.close()  # the session takes calls again
+        pieces.close()  # the session takes calls again (closing twice is harmless)
     after = session.stats
     n_completion = after.n_generated - before.n_generated
     reason = _finish_reason(job, stops.stopped, n_completion, after.n_tokens)

@@ -482,6 +482,15 @@ def _check_sizes(**sizes) -> None:
             raise ArgumentError(f"{name} must be an integer in [1, {top}], not {value!r}")
 
 
+def common_prefix(held: Sequence[int] | np.ndarray, prompt: Sequence[int] | np.ndarray) -> int:
+    """How many leading tokens the two sequences share."""
+    n = min(len(held), len(prompt))
+    if n == 0:
+        return 0
+    differ = np.flatnonzero(np.asarray(held[:n], dtype=np.int64) != np.asarray(prompt[:n], dtype=np.int64))
+    return int(differ[0]) if len(differ) else n
+
+
 def _checked_index(value, name: str, last: int = INT32_MAX) -> int:
     """value as an int in [0, last] (llama.cpp's positions and layers are int32), else IndexError."""
     ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 0

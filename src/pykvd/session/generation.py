@@ -13,7 +13,7 @@ from .._llama import native
 from ..errors import ArgumentError, ArgumentTypeError, ContextOverflowError, PromptError
 from ..model import Message
 from ..sampling import SamplingParams
-from .core import FINISH_CONTEXT, FINISH_LENGTH, FINISH_STOP, _one_call
+from .core import FINISH_CONTEXT, FINISH_LENGTH, FINISH_STOP, _one_call, common_prefix
 from .verification import Verifying
 
 
@@ -244,10 +244,7 @@ class Generating(Verifying):
                 f"the conversation has {len(ids)} tokens, the context holds {self._max_positions()}"
             )
         held = self._tokens
-        n = 0
-        limit = min(len(held), len(ids))
-        while n < limit and held[n] == ids[n]:
-            n += 1
+        n = common_prefix(held, ids)
         if n == len(ids):
             n -= 1  # re-process the last token so its logits exist
         if n < len(held):
