@@ -51,7 +51,7 @@ from .errors import (
     SamplingError,
     SessionClosedError,
 )
-from .integers import INT32_MAX
+from .integers import INT32_MAX, is_plain_number
 from .prompt_reuse import continue_from
 from .sampling import SamplingParams
 from .session import Session
@@ -508,7 +508,7 @@ class Llama:
         return min(max_tokens, window - n_prompt)
 
     def _sampling(self, temperature, top_p, top_k, min_p, repeat_penalty, seed) -> SamplingParams:
-        if _is_number(temperature) and temperature < 0:
+        if is_plain_number(temperature) and temperature < 0:
             # llama-cpp-python draws from the softmax of the raw logits, with no truncation.
             temperature, top_k, top_p, min_p = 1.0, 0, 1.0, 0.0
         if _is_int(top_k) and top_k < 0:
@@ -767,11 +767,7 @@ def _is_default(value: Any, default: Any) -> bool:
         return value is None
     if isinstance(default, bool):
         return value is default
-    return _is_number(value) and value == default
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return is_plain_number(value) and value == default
 
 
 def _is_int(value: Any) -> bool:

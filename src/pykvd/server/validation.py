@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, List, Union
 
 from ..errors import SamplingError
+from ..integers import is_plain_number
 from ..sampling import SamplingParams
 from .errors import APIError, invalid, missing, unsupported, wrong_type
 
@@ -127,7 +128,7 @@ def _sampling(body: dict, defaults: SamplingParams) -> SamplingParams:
         value = body.get(name)
         if value is None:
             continue
-        if not _is_number(value) or (expected == "an integer" and not isinstance(value, int)):
+        if not is_plain_number(value) or (expected == "an integer" and not isinstance(value, int)):
             raise wrong_type(name, expected, value)
         if name == "seed" and value == -1:  # llama-server's "random seed"
             value = None
@@ -153,7 +154,7 @@ def _refuse_penalty(body: dict, name: str) -> None:
     value = body.get(name)
     if value is None:
         return
-    if not _is_number(value):
+    if not is_plain_number(value):
         raise wrong_type(name, "a number", value)
     if value != 0:
         raise unsupported(name, f"{name} is not supported (only 0): use repeat_penalty, llama.cpp's penalty")
@@ -240,10 +241,6 @@ def _get(body: dict, key: str, kind: type, expected: str, default, *, name: str 
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise wrong_type(name or key, expected, value)
     return value
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 __all__ = ["APIError", "GenerationRequest", "parse_chat", "parse_completion", "parse_json"]
