@@ -74,10 +74,21 @@ def llama_cpp_python_dir(tmp_path_factory) -> Path:
     return target
 
 
-def llama_cpp_python_env(bindings: Path) -> dict:
-    """The environment for a child process that imports llama_cpp from bindings over pykvd's libllama, in
-    pykvd's exact profile (GGML_CPU_TILED_MM=0)."""
-    return dict(os.environ, LLAMA_CPP_LIB_PATH=str(paths.lib_dir()), PYTHONPATH=str(bindings), GGML_CPU_TILED_MM="0")
+def run_llama_cpp_python(bindings: Path, script: str, *, stdin: str | None = None, timeout: float = 600) -> str:
+    """Run script in a child process that imports llama_cpp from bindings over pykvd's libllama, in pykvd's
+    exact profile (GGML_CPU_TILED_MM=0); its stdout, once it has exited with 0."""
+    env = dict(os.environ, LLAMA_CPP_LIB_PATH=str(paths.lib_dir()), PYTHONPATH=str(bindings), GGML_CPU_TILED_MM="0")
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=str(bindings),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
 
 
 @pytest.fixture(scope="session")

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import inspect
 import json
-import subprocess
-import sys
 
 import pytest
 
 import pykvd
-from conftest import llama_cpp_python_env
+from conftest import run_llama_cpp_python
 from pykvd.errors import (
     ArgumentError,
     ArgumentTypeError,
@@ -97,19 +95,9 @@ print(json.dumps(run_calls(llm, calls)))
 @pytest.fixture(scope="module")
 def reference(llama_cpp_python_dir, smollm2_path):
     """What llama-cpp-python's Llama returns for CALLS."""
-    env = llama_cpp_python_env(llama_cpp_python_dir)
     script = REFERENCE.format(runner=inspect.getsource(run_calls))
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        input=json.dumps([str(smollm2_path), CONTEXT, CALLS]),
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-        cwd=str(llama_cpp_python_dir),
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout)
+    stdin = json.dumps([str(smollm2_path), CONTEXT, CALLS])
+    return json.loads(run_llama_cpp_python(llama_cpp_python_dir, script, stdin=stdin))
 
 
 @pytest.fixture(scope="module")

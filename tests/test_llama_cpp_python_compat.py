@@ -7,11 +7,8 @@ pointing at pykvd's lib folder, and must generate pykvd's greedy text.
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pykvd
-from conftest import llama_cpp_python_env
+from conftest import run_llama_cpp_python
 from pykvd import models
 
 PROMPT = "The capital of France is"
@@ -26,16 +23,7 @@ print(out["choices"][0]["text"], end="")
 
 def test_llama_cpp_python_runs_on_the_patched_library(llama_cpp_python_dir):
     model_path = str(models.fetch("smollm2"))
-    env = llama_cpp_python_env(llama_cpp_python_dir)
-    result = subprocess.run(
-        [sys.executable, "-c", GENERATE.format(model=model_path, prompt=PROMPT)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        cwd=str(llama_cpp_python_dir),
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
+    text = run_llama_cpp_python(llama_cpp_python_dir, GENERATE.format(model=model_path, prompt=PROMPT), timeout=300)
     with pykvd.Model(model_path) as model, model.session(n_ctx=512, n_threads=1) as session:
         expected = session.generate(PROMPT, max_tokens=12).text
-    assert result.stdout == expected
+    assert text == expected
