@@ -18,7 +18,7 @@ using TokenArray = py::array_t<int32_t, py::array::c_style | py::array::forcecas
 
 std::unique_ptr<Context> create(const Model & model, uint32_t n_ctx, uint32_t n_batch, uint32_t n_ubatch,
                                 int32_t n_threads, int32_t n_threads_batch, int flash_attn, uint32_t n_seq_max,
-                                bool swa_full, bool bounded, int32_t attention_window) {
+                                bool swa_full, bool bounded, int32_t attention_window, bool batch_invariant) {
     llama_context_params params = llama_context_default_params();
     params.n_ctx = n_ctx;
     params.n_batch = n_batch;
@@ -50,6 +50,9 @@ std::unique_ptr<Context> create(const Model & model, uint32_t n_ctx, uint32_t n_
     }
     if (out->ctx == nullptr) {
         throw DecodeError("llama.cpp could not create a context\n" + recent_log());
+    }
+    if (batch_invariant && llama_kvd_set_batch_invariant(out->ctx, true) != LLAMA_KVD_OK) {
+        throw py::value_error("this llama.cpp build has no batch-invariant CPU kernels");
     }
     out->bounded = bounded;
     return out;
@@ -199,9 +202,11 @@ void bind_context(py::module_ & m) {
     cls.def(py::init(&create), py::arg("model"), py::arg("n_ctx"), py::arg("n_batch"), py::arg("n_ubatch"),
             py::arg("n_threads"), py::arg("n_threads_batch"), py::arg("flash_attn"), py::arg("n_seq_max") = 1,
             py::arg("swa_full") = true, py::arg("bounded") = false, py::arg("attention_window") = 0,
+            py::arg("batch_invariant") = false,
             "bounded: the KV cache gets exactly n_ctx cells (llama.cpp rounds up to 256 otherwise) and\n"
             "decoding may continue past evicted positions. attention_window > 0: record llama.cpp's\n"
-            "attention weights at every decode (see attention_scores).")
+            "attention weights at every decode (see attention_scores). batch_invariant: ggml's CPU\n"
+            "matmuls give a token the same numbers whatever else shares its batch (llama-kvd.h).")
         .def("close", &Context::free)
         .def_property_readonly("closed", [](const Context & s) { return s.ctx == nullptr; })
         .def_property_readonly("n_ctx", [](const Context & s) { return llama_n_ctx(s.get()); })

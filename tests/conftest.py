@@ -74,12 +74,26 @@ def llama_cpp_python_dir(tmp_path_factory) -> Path:
     return target
 
 
+# Prepended to every llama-cpp-python script: each llama_cpp.Llama's context gets ggml's batch-invariant
+# kernels from the bundled libllama (llama-kvd.h), so both sides of a comparison run pykvd's exact profile.
+BATCH_INVARIANT_LLAMA = """
+import ctypes, llama_cpp
+_kvd = llama_cpp.llama_cpp._lib.llama_kvd_set_batch_invariant
+_kvd.argtypes, _kvd.restype = [ctypes.c_void_p, ctypes.c_bool], ctypes.c_int32
+_init = llama_cpp.Llama.__init__
+def _exact_init(self, *args, **kwargs):
+    _init(self, *args, **kwargs)
+    assert _kvd(self._ctx.ctx, True) == 0
+llama_cpp.Llama.__init__ = _exact_init
+"""
+
+
 def run_llama_cpp_python(bindings: Path, script: str, *, stdin: str | None = None, timeout: float = 600) -> str:
     """Run script in a child process that imports llama_cpp from bindings over pykvd's libllama, in pykvd's
-    exact profile (GGML_CPU_TILED_MM=0); its stdout, once it has exited with 0."""
-    env = dict(os.environ, LLAMA_CPP_LIB_PATH=str(paths.lib_dir()), PYTHONPATH=str(bindings), GGML_CPU_TILED_MM="0")
+    exact profile (BATCH_INVARIANT_LLAMA); its stdout, once it has exited with 0."""
+    env = dict(os.environ, LLAMA_CPP_LIB_PATH=str(paths.lib_dir()), PYTHONPATH=str(bindings))
     result = subprocess.run(
-        [sys.executable, "-c", script],
+        [sys.executable, "-c", BATCH_INVARIANT_LLAMA + script],
         input=stdin,
         capture_output=True,
         text=True,

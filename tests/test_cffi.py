@@ -10,7 +10,6 @@ ephemeral decode (P4) through the C API, compared bit for bit with plain llama_d
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -21,9 +20,6 @@ import numpy as np
 import pytest
 
 from pykvd import paths
-
-# Part of the exact profile (batching must not change results); ggml reads it once per process.
-os.environ.setdefault("GGML_CPU_TILED_MM", "0")
 
 cffi = pytest.importorskip("cffi")
 
@@ -269,6 +265,8 @@ class Llm:
         params.flash_attn_type = self.lib.LLAMA_FLASH_ATTN_TYPE_DISABLED  # llama-kvd's decodes need it off
         ctx = self.lib.llama_init_from_model(self.model, params)
         assert ctx != self.ffi.NULL
+        # the exact profile: batching must not change results
+        assert self.lib.llama_kvd_set_batch_invariant(ctx, True) == self.lib.LLAMA_KVD_OK
         return ctx
 
     def decode(self, ctx, tokens: list[int], pos0: int, every_output: bool = False) -> None:

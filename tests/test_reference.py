@@ -11,9 +11,9 @@ Both sides generate a fixed number of tokens (``--ignore-eos`` and
 ``stop_at_eog=False``), except the cases named ``*_eog`` where both stop at an
 end-of-generation token.
 
-GGML_CPU_TILED_MM is a process-wide switch that ggml reads from the
-environment; pykvd sets it to 0 in this process when it loads llama.cpp, and
-the reference subprocess is given the same value.
+The reference gets the kernel settings of the model's profile: flash
+attention, repacked weights and ggml's batch-invariant mode (on in the exact
+profile, through llama_kvd_set_batch_invariant).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import pytest
 
 from pykvd import Model, models, paths
-from pykvd.profile import FLASH_ATTN_AUTO, FLASH_ATTN_OFF, TILED_MM_ENV
+from pykvd.profile import FLASH_ATTN_AUTO, RuntimeProfile
 from pykvd.session import FINISH_LENGTH, FINISH_STOP, Session
 
 N_THREADS = 2
@@ -103,8 +103,7 @@ def run_reference(
     n_predict: int,
     n_ctx: int,
     n_batch: int,
-    flash_attn: int = FLASH_ATTN_OFF,
-    extra_bufts: bool = False,
+    profile: RuntimeProfile,
     ignore_eos: bool = True,
 ) -> dict:
     cmd = [
@@ -122,15 +121,15 @@ def run_reference(
         "-t",
         str(N_THREADS),
         "--flash-attn",
-        str(flash_attn),
+        str(profile.flash_attn),
         "--extra-bufts",
-        "1" if extra_bufts else "0",
+        str(int(profile.extra_bufts)),
+        "--batch-invariant",
+        str(int(profile.batch_invariant)),
     ]
     if ignore_eos:
         cmd.append("--ignore-eos")
-    # The same process-wide kernel switch as in this process (pykvd set it to 0 on import).
-    env = dict(os.environ, **{TILED_MM_ENV: os.environ.get(TILED_MM_ENV, "0")})
-    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=REFERENCE_TIMEOUT_S)
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=REFERENCE_TIMEOUT_S)
     assert proc.returncode == 0, f"reference failed ({proc.returncode}): {proc.stderr}"
     return json.loads(proc.stdout)
 
@@ -165,8 +164,7 @@ def assert_same(ref: dict, model: Model, session: Session, gen, text: str) -> No
 def test_reference_program_exists_and_exact_profile_is_on(reference):
     assert os.access(reference, os.X_OK)
     with Model(models.fetch("smollm2")) as model:
-        assert model.profile.is_exact, "exact profile is not fully on in the test process"
-        assert os.environ.get(TILED_MM_ENV) == "0"
+        assert model.profile.is_exact and model.profile.batch_invariant
         with Session(model, n_ctx=64, n_threads=N_THREADS) as session:
             assert session.profile.is_exact
 
@@ -186,6 +184,7 @@ def test_greedy_matches_llama_cpp(reference, exact_model, case: Case):
         n_predict=n_predict,
         n_ctx=N_CTX,
         n_batch=case.n_batch,
+        profile=model.profile,
         ignore_eos=not case.stop_at_eog,
     )
     with Session(model, n_ctx=N_CTX, n_batch=case.n_batch, n_ubatch=case.n_batch, n_threads=N_THREADS) as session:
@@ -212,8 +211,7 @@ def test_fast_profile_matches_llama_cpp_with_same_settings(reference, name):
             n_predict=n_predict,
             n_ctx=N_CTX,
             n_batch=512,
-            flash_attn=FLASH_ATTN_AUTO,
-            extra_bufts=True,
+            profile=model.profile,
         )
         with Session(model, n_ctx=N_CTX, n_batch=512, n_threads=N_THREADS) as session:
             assert session.profile == model.profile
@@ -250,7 +248,7 @@ def test_cli_run_matches_llama_cpp(reference, name, mode):
         else:
             text = prompt_text(name, model, CHAT_MESSAGES)
             args += [] if model.chat_template else ["--chat-template", BUILTIN_TEMPLATES[name]]
-        ref = run_reference(reference, path, text, n_predict=n_predict, n_ctx=N_CTX, n_batch=512)
+        ref = run_reference(reference, path, text, n_predict=n_predict, n_ctx=N_CTX, n_batch=512, profile=model.profile)
         expected = b"".join(model.token_to_bytes(t) for t in ref["tokens"]).decode("utf-8", errors="replace")
     cli = subprocess.run(
         [sys.executable, "-m", "pykvd", *args], capture_output=True, text=True, timeout=REFERENCE_TIMEOUT_S

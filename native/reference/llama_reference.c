@@ -5,10 +5,11 @@
  *
  * usage: pykvd-llama-reference -m MODEL -p PROMPT [-n N] [-c N_CTX] [-b N_BATCH]
  *                              [-t THREADS] [--flash-attn -1|0|1] [--extra-bufts 0|1]
- *                              [--ignore-eos]
+ *                              [--batch-invariant 0|1] [--ignore-eos]
  * Prints one JSON object: prompt and generated token ids, and the wall time of
  * the prefill and of the decode loop.
  */
+#include "llama-kvd.h"
 #include "llama.h"
 
 #include <stdbool.h>
@@ -20,7 +21,7 @@
 struct options {
     const char * model;
     const char * prompt;
-    int n_predict, n_ctx, n_batch, n_threads, flash_attn, extra_bufts, ignore_eos;
+    int n_predict, n_ctx, n_batch, n_threads, flash_attn, extra_bufts, batch_invariant, ignore_eos;
 };
 
 static double now_s(void) {
@@ -35,7 +36,7 @@ static void quiet_log(enum ggml_log_level level, const char * text, void * data)
 }
 
 static int parse_args(int argc, char ** argv, struct options * o) {
-    *o = (struct options){NULL, NULL, 32, 2048, 512, 2, 0, 0, 0};
+    *o = (struct options){NULL, NULL, 32, 2048, 512, 2, 0, 0, 0, 0};
     for (int i = 1; i < argc; ++i) {
         const char * a = argv[i];
         const char * v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -60,6 +61,8 @@ static int parse_args(int argc, char ** argv, struct options * o) {
             o->flash_attn = atoi(v);
         else if (!strcmp(a, "--extra-bufts"))
             o->extra_bufts = atoi(v);
+        else if (!strcmp(a, "--batch-invariant"))
+            o->batch_invariant = atoi(v);
         else
             return -1;
         ++i;
@@ -78,7 +81,7 @@ int main(int argc, char ** argv) {
     if (parse_args(argc, argv, &o) != 0) {
         fprintf(stderr,
                 "usage: %s -m MODEL -p PROMPT [-n N] [-c N_CTX] [-b N_BATCH] [-t THREADS] "
-                "[--flash-attn -1|0|1] [--extra-bufts 0|1] [--ignore-eos]\n",
+                "[--flash-attn -1|0|1] [--extra-bufts 0|1] [--batch-invariant 0|1] [--ignore-eos]\n",
                 argv[0]);
         return 2;
     }
@@ -105,6 +108,10 @@ int main(int argc, char ** argv) {
     struct llama_context * ctx = llama_init_from_model(model, cp);
     if (!ctx) {
         fprintf(stderr, "cannot create a context\n");
+        return 1;
+    }
+    if (o.batch_invariant && llama_kvd_set_batch_invariant(ctx, true) != LLAMA_KVD_OK) {
+        fprintf(stderr, "this build has no batch-invariant kernels\n");
         return 1;
     }
 

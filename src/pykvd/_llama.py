@@ -1,9 +1,5 @@
-"""Loads the native binding, after fixing the process-wide part of the exact profile."""
+"""Loads the native binding (the pybind11 extension over the bundled libllama)."""
 
-from .profile import default_tiled_matmul_off
-
-default_tiled_matmul_off()
-
-from . import _native as native  # noqa: E402  (the environment must be set first)
+from . import _native as native
 
 __all__ = ["native"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,7 @@ import numpy as np
 from . import models as _models
 from ._llama import native
 from .errors import ArgumentError, ArgumentTypeError, PromptError, SessionClosedError
-from .gguf_file import read_header
+from .gguf_file import GGUFHeader, read_header
 from .model_checks import check_header
 from .probe import LoadParams, ensure_loadable, probe_enabled
 from .profile import RuntimeProfile
@@ -71,6 +72,15 @@ class ModelInfo:
         return tuple(layer.index for layer in self.layers if layer.is_swa)
 
 
+def _matrix_types(header: GGUFHeader) -> dict[int, int]:
+    """Elements of the file's matrices, by ggml type."""
+    elements: dict[int, int] = {}
+    for tensor in header.tensors:
+        if len(tensor.shape) >= 2:
+            elements[tensor.ggml_type] = elements.get(tensor.ggml_type, 0) + math.prod(tensor.shape)
+    return elements
+
+
 class LoadedModel:
     """A GGUF model loaded by llama.cpp: weights, tokenizer, chat template and dimensions.
     (pykvd.Model is this plus ``session()``.)
@@ -104,7 +114,7 @@ class LoadedModel:
         self.path = _models.resolve(model, progress=progress)
         header = read_header(self.path)
         check_header(header)
-        self.profile = RuntimeProfile.of(exact)
+        self.profile = RuntimeProfile.for_weights(exact, _matrix_types(header))
         self._chat_template = chat_template
         if probe if probe is not None else probe_enabled():
             params = LoadParams(
@@ -112,6 +122,7 @@ class LoadedModel:
                 use_mmap=use_mmap,
                 use_extra_bufts=self.profile.extra_bufts,
                 flash_attn=self.profile.flash_attn,
+                batch_invariant=self.profile.batch_invariant,
             )
             ensure_loadable(self.path, header.data_offset, params)
         self._native = native.Model(
@@ -256,6 +267,7 @@ class LoadedModel:
             n_threads_batch=1,
             flash_attn=self.profile.flash_attn,
             swa_full=swa_full,
+            batch_invariant=self.profile.batch_invariant,
         )
         try:
             return int(ctx.memory()["kv"])

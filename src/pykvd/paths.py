@@ -36,3 +36,8 @@ def include_dir() -> Path:
 def reference_program() -> Path:
     """A plain llama.cpp greedy loop over the same libllama, used as the reference in tests and benchmarks."""
     return _installed_package() / "bin" / "pykvd-llama-reference"
+
+
+def batch_invariance_program() -> Path:
+    """Checks one ggml matmul kernel for batch invariance (native/kernels/batch_invariance.c)."""
+    return _installed_package() / "bin" / "pykvd-batch-invariance"

@@ -58,6 +58,7 @@ class LoadParams:
     use_mmap: bool = True
     use_extra_bufts: bool = False
     flash_attn: int = 0
+    batch_invariant: bool = True
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,8 @@ def run_probe(path: Path, params: LoadParams, *, timeout_s: float) -> Verdict:
         str(int(params.use_extra_bufts)),
         "--flash-attn",
         str(params.flash_attn),
+        "--batch-invariant",
+        str(int(params.batch_invariant)),
     ]
     try:
         done = subprocess.run(
@@ -372,6 +375,7 @@ def _exercise(path: str, params: LoadParams) -> None:
         n_threads=1,
         n_threads_batch=1,
         flash_attn=params.flash_attn,
+        batch_invariant=params.batch_invariant,
     )
     _stage("tokenizing")
     tokens = list(model.tokenize(PROBE_TEXT, True, False))[:PROBE_BATCH_TOKENS]
@@ -403,8 +407,11 @@ def _child_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--use-mmap", type=int, default=1)
     parser.add_argument("--use-extra-bufts", type=int, default=0)
     parser.add_argument("--flash-attn", type=int, default=0)
+    parser.add_argument("--batch-invariant", type=int, default=1)
     args = parser.parse_args(argv)
-    params = LoadParams(args.n_gpu_layers, bool(args.use_mmap), bool(args.use_extra_bufts), args.flash_attn)
+    params = LoadParams(
+        args.n_gpu_layers, bool(args.use_mmap), bool(args.use_extra_bufts), args.flash_attn, bool(args.batch_invariant)
+    )
     try:
         _exercise(args.path, params)
     except Exception as exc:  # noqa: BLE001 - every Python-level failure is a verdict to report, not a crash

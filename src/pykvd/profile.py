@@ -1,34 +1,23 @@
 """The runtime side of the exact profile (see the README's "Exactness").
 
-Bit-exact results need kernels whose numbers do not depend on batch shape:
-flash attention off, no repacked weights (extra buffer types), and no tiled
-K-quant matmul. The first two are chosen per model and context; the tiled
-matmul is a process-wide switch that ggml reads once from the environment
-variable GGML_CPU_TILED_MM, so pykvd sets it to 0 when it loads llama.cpp
-unless the user has set it already.
+Bit-exact results need kernels whose numbers do not depend on batch shape. The
+patched ggml has a batch-invariant mode that keeps its fast kernels (tinyBLAS,
+the tiled K-quant matmul, repacked weights) and makes every batch size take the
+same kernel and reduction order; pykvd turns it on for each exact context.
+Flash attention stays off: pykvd's recompute primitives attend without it.
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
-
-TILED_MM_ENV = "GGML_CPU_TILED_MM"
+from dataclasses import dataclass, replace
 
 FLASH_ATTN_AUTO, FLASH_ATTN_OFF, FLASH_ATTN_ON = -1, 0, 1
 
-
-def default_tiled_matmul_off() -> None:
-    """Disable ggml's tiled matmul for this process unless the user chose otherwise."""
-    os.environ.setdefault(TILED_MM_ENV, "0")
-
-
-def tiled_matmul_enabled() -> bool:
-    value = os.environ.get(TILED_MM_ENV)
-    try:
-        return value is None or int(value) != 0
-    except ValueError:
-        return True
+# ggml types whose repacked gemv and gemm sum alike, so repacking costs a single row nothing in
+# batch-invariant mode (Q4_0, IQ4_NL, MXFP4). Repacked K-quants pad a single row to a group of
+# four instead, which is slower than the tiled kernel's row dots, so exact models of those keep
+# ggml's own layout.
+REPACK_ALIKE_TYPES = frozenset({2, 20, 39})
 
 
 @dataclass(frozen=True)
@@ -36,26 +25,42 @@ class RuntimeProfile:
     """How llama.cpp is asked to run a model.
 
     ``RuntimeProfile.exact()`` (the default) gives batch-invariant, bit-exact
-    results; ``RuntimeProfile.fast()`` lets llama.cpp choose its fastest
-    kernels (flash attention auto, repacked weights).
+    results; ``RuntimeProfile.fast()`` lets llama.cpp choose (flash attention
+    auto, repacked weights, no batch invariance). ``extra_bufts`` is decided
+    when the weights load; a session can switch the rest.
     """
 
     flash_attn: int = FLASH_ATTN_OFF
     extra_bufts: bool = False
+    batch_invariant: bool = True
 
     @classmethod
-    def exact(cls) -> RuntimeProfile:
-        return cls(FLASH_ATTN_OFF, False)
+    def exact(cls, repack: bool = False) -> RuntimeProfile:
+        return cls(FLASH_ATTN_OFF, repack, True)
 
     @classmethod
     def fast(cls) -> RuntimeProfile:
-        return cls(FLASH_ATTN_AUTO, True)
+        return cls(FLASH_ATTN_AUTO, True, False)
 
     @classmethod
-    def of(cls, exact: bool) -> RuntimeProfile:
-        return cls.exact() if exact else cls.fast()
+    def of(cls, exact: bool, repack: bool = False) -> RuntimeProfile:
+        return cls.exact(repack) if exact else cls.fast()
+
+    @classmethod
+    def for_weights(cls, exact: bool, weight_types: dict[int, int]) -> RuntimeProfile:
+        """The profile for a model whose weights hold ``weight_types`` (ggml type -> elements)."""
+        main_type = max(weight_types, key=weight_types.__getitem__) if weight_types else -1
+        return cls.of(exact, repack=main_type in REPACK_ALIKE_TYPES)
+
+    def for_session(self, exact: bool | None) -> RuntimeProfile:
+        """This model's profile with a session's own choice; the weights' layout stays."""
+        if exact is None:
+            return self
+        if exact:
+            return replace(self, flash_attn=FLASH_ATTN_OFF, batch_invariant=True)
+        return replace(self, flash_attn=FLASH_ATTN_AUTO, batch_invariant=False)
 
     @property
     def is_exact(self) -> bool:
-        """True only if every kernel choice of the exact profile holds, the process-wide one included."""
-        return self.flash_attn == FLASH_ATTN_OFF and not self.extra_bufts and not tiled_matmul_enabled()
+        """True only if every kernel choice of the exact profile holds."""
+        return self.flash_attn == FLASH_ATTN_OFF and self.batch_invariant

@@ -33,7 +33,7 @@ from ..memory import rss_bytes
 from ..model import LoadedModel, Message
 from ..outputs import Outputs
 from ..policies import checked_n_sink, make_policy
-from ..profile import FLASH_ATTN_OFF, RuntimeProfile
+from ..profile import FLASH_ATTN_OFF
 from ..residuals import ResidualCapture
 from ..sampling import SamplingParams
 
@@ -188,7 +188,7 @@ class SessionCore:
         n_threads = min(_usable_cpus(), MAX_THREADS) if n_threads is None else n_threads
         if n_ubatch > n_batch:
             raise ArgumentError("n_ubatch cannot exceed n_batch")
-        self.profile = model.profile if exact is None else RuntimeProfile.of(exact)
+        self.profile = model.profile.for_session(exact)
         if self._policy.needs_exact_attention and self.profile.flash_attn != FLASH_ATTN_OFF:
             raise PolicyError(
                 f"policy {self._policy.name!r} works on llama.cpp's attention with flash attention "
@@ -213,6 +213,7 @@ class SessionCore:
                 swa_full=swa_full,
                 bounded=self.kv_budget is not None,
                 attention_window=self._policy.attention_window,
+                batch_invariant=self.profile.batch_invariant,
             )
         except BaseException:
             self._model.close()
