@@ -17,8 +17,8 @@ Measured
   time as a subprocess; only if this installation's CLI has ``--stats``.
 
 Both sides use the same thread count, n_ctx, n_batch (= n_ubatch), kernel
-settings (the exact profile: flash attention off, no repacked weights,
-GGML_CPU_TILED_MM=0; or both fast with ``--fast``) and generate exactly
+settings (the exact profile: flash attention off, ggml's batch-invariant
+kernels; or both fast with ``--fast``) and generate exactly
 ``--n-predict`` tokens (``--ignore-eos`` / ``stop_at_eog=False``), so they do
 the same llama.cpp work; the generated tokens are checked to be equal.
 
@@ -177,6 +177,8 @@ def run_reference(program: str, model_path: str, prompt: str, cfg: dict, env: di
         str(cfg["flash_attn"]),
         "--extra-bufts",
         "1" if cfg["extra_bufts"] else "0",
+        "--batch-invariant",
+        "1" if cfg["batch_invariant"] else "0",
         "--ignore-eos",
     ]
     start = time.perf_counter()
@@ -383,8 +385,7 @@ def main(argv=None) -> int:
     args = _parse_args(argv)
 
     from pykvd import Model, models, paths
-    from pykvd._llama import native  # sets GGML_CPU_TILED_MM=0 (unless set) before llama.cpp loads
-    from pykvd.profile import TILED_MM_ENV
+    from pykvd._llama import native
 
     model_path = str(models.resolve(args.model))
     program = str(paths.reference_program())
@@ -408,10 +409,10 @@ def main(argv=None) -> int:
         "threads": args.threads,
         "flash_attn": model.profile.flash_attn,
         "extra_bufts": model.profile.extra_bufts,
+        "batch_invariant": model.profile.batch_invariant,
         "fast": args.fast,
     }
-    # The reference runs with this process's value of the process-wide kernel switch.
-    env = dict(os.environ, **{TILED_MM_ENV: os.environ.get(TILED_MM_ENV, "0")})
+    env = dict(os.environ)
     workdir = tempfile.mkdtemp(prefix="pykvd-overhead-")  # never the repo root: pykvd/ would shadow the install
     use_cli = args.cli == "on" or (args.cli == "auto" and cli_available(workdir))
     if args.cli == "on" and not cli_available(workdir):
@@ -489,7 +490,7 @@ def main(argv=None) -> int:
         "profile": "fast" if args.fast else "exact",
         "flash_attn": cfg["flash_attn"],
         "extra_bufts": cfg["extra_bufts"],
-        TILED_MM_ENV: env[TILED_MM_ENV],
+        "batch_invariant": cfg["batch_invariant"],
         "threads": args.threads,
         "n_ctx": n_ctx,
         "n_batch": args.n_batch,
