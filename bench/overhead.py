@@ -173,12 +173,7 @@ def run_reference(program: str, model_path: str, prompt: str, cfg: dict, env: di
         str(cfg["n_batch"]),
         "-t",
         str(cfg["threads"]),
-        "--flash-attn",
-        str(cfg["flash_attn"]),
-        "--extra-bufts",
-        "1" if cfg["extra_bufts"] else "0",
-        "--batch-invariant",
-        "1" if cfg["batch_invariant"] else "0",
+        *cfg["reference_flags"],
         "--ignore-eos",
     ]
     start = time.perf_counter()
@@ -410,6 +405,7 @@ def main(argv=None) -> int:
         "flash_attn": model.profile.flash_attn,
         "extra_bufts": model.profile.extra_bufts,
         "batch_invariant": model.profile.batch_invariant,
+        "reference_flags": model.profile.reference_flags(),
         "fast": args.fast,
     }
     env = dict(os.environ)

@@ -18,13 +18,20 @@ paired ratios. Models: the two real ones and random-weight llama models of
 about 100M parameters in F16, Q8_0, Q4_0, Q4_K and Q6_K (models/sized.py,
 written into pykvd's cache once).
 
+With --before PROGRAM, a third side runs an older reference program (one built
+against the exact build that preceded the batch-invariant kernels: no tinyBLAS,
+GGML_LLAMAFILE=OFF) with that build's exact profile: flash attention off, no
+repacked weights, GGML_CPU_TILED_MM=0.
+
 Usage: python bench/profile_speed.py [--model smollm2 gemma3 F16 Q8_0 Q4_0 Q4_K Q6_K] [--repeats 5]
+                                     [--before PROGRAM]
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -56,23 +63,19 @@ def model_path(name: str) -> Path:
     return path
 
 
-def settings(profile) -> list[str]:
-    return [
-        "--flash-attn",
-        str(profile.flash_attn),
-        "--extra-bufts",
-        str(int(profile.extra_bufts)),
-        "--batch-invariant",
-        str(int(profile.batch_invariant)),
-    ]
+# The exact profile before the batch-invariant kernels, for --before.
+BEFORE_SETTINGS = ["--flash-attn", "0", "--extra-bufts", "0"]
 
 
-def run_once(path: Path, prompt: str, args, profile) -> dict:
+def run_once(path: Path, prompt: str, args, side: str, profile) -> dict:
     from pykvd import paths
 
-    command = [str(paths.reference_program()), "-m", str(path), "-p", prompt, "-n", str(args.n_predict)]
-    command += ["-c", str(args.n_ctx), "-b", "512", "-t", str(args.threads), "--ignore-eos", *settings(profile)]
-    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    program = args.before if side == "before" else str(paths.reference_program())
+    command = [program, "-m", str(path), "-p", prompt, "-n", str(args.n_predict)]
+    command += ["-c", str(args.n_ctx), "-b", "512", "-t", str(args.threads), "--ignore-eos"]
+    command += BEFORE_SETTINGS if side == "before" else profile.reference_flags()
+    env = dict(os.environ, GGML_CPU_TILED_MM="0") if side == "before" else None
+    done = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
     out = json.loads(done.stdout)
     n_prompt = len(out["prompt_tokens"])
     return {
@@ -93,11 +96,13 @@ def measure(name: str, args) -> dict:
         description = model.info.description
     # llama.cpp's own choice is what pykvd's fast profile asks for
     sides = {"default": RuntimeProfile.fast(), "exact": exact}
+    if args.before:
+        sides["before"] = None
     runs: dict[str, list[dict]] = {side: [] for side in sides}
     for repeat in range(args.repeats):
         order = list(sides) if repeat % 2 == 0 else list(reversed(sides))
         for side in order:
-            runs[side].append(run_once(path, prompt, args, sides[side]))
+            runs[side].append(run_once(path, prompt, args, side, sides[side]))
     return {
         "model": str(path),
         "description": description,
@@ -110,14 +115,16 @@ def measure(name: str, args) -> dict:
 def ratios(runs: dict[str, list[dict]]) -> dict:
     out = {}
     for key in ("prefill_tok_s", "decode_tok_s"):
-        exact = [r[key] for r in runs["exact"]]
         default = [r[key] for r in runs["default"]]
-        out[key] = {
-            "median_exact": statistics.median(exact),
-            "median_default": statistics.median(default),
-            "ratio_of_medians": statistics.median(exact) / statistics.median(default),
-            "median_paired_ratio": statistics.median(e / d for e, d in zip(exact, default)),
-        }
+        out[key] = {"median_default": statistics.median(default)}
+        for side in ("exact", "before"):
+            if side not in runs:
+                continue
+            values = [r[key] for r in runs[side]]
+            name = "" if side == "exact" else "before_"
+            out[key][f"median_{side}"] = statistics.median(values)
+            out[key][f"{name}ratio_of_medians"] = statistics.median(values) / statistics.median(default)
+            out[key][f"{name}median_paired_ratio"] = statistics.median(e / d for e, d in zip(values, default))
     return out
 
 
@@ -125,11 +132,21 @@ def draw(report: dict):
     def figure(path):
         plt = pyplot()
         names = list(report["models"])
-        fig, ax = plt.subplots(figsize=(9, 4))
-        width = 0.38
-        for i, (key, label) in enumerate((("prefill_tok_s", "prefill"), ("decode_tok_s", "decode"))):
-            values = [report["models"][n]["ratios"][key]["ratio_of_medians"] for n in names]
-            ax.bar([x + (i - 0.5) * width for x in range(len(names))], values, width, label=label)
+        fig, ax = plt.subplots(figsize=(10, 4))
+        bars = [
+            ("ratio_of_medians", "prefill_tok_s", "prefill", None),
+            ("ratio_of_medians", "decode_tok_s", "decode", None),
+        ]
+        if report.get("before_program"):
+            bars += [
+                ("before_ratio_of_medians", "prefill_tok_s", "prefill, before", "//"),
+                ("before_ratio_of_medians", "decode_tok_s", "decode, before", "//"),
+            ]
+        width = 0.8 / len(bars)
+        for i, (ratio, key, label, hatch) in enumerate(bars):
+            values = [report["models"][n]["ratios"][key][ratio] for n in names]
+            offsets = [x + (i - (len(bars) - 1) / 2) * width for x in range(len(names))]
+            ax.bar(offsets, values, width, label=label, hatch=hatch, alpha=0.55 if hatch else 1.0)
         ax.axhline(BAR, color="black", linestyle="--", linewidth=1, label=f"bar {BAR}x")
         ax.axhline(1.0, color="grey", linewidth=0.8)
         ax.set_xticks(range(len(names)))
@@ -152,6 +169,7 @@ def main(argv=None) -> int:
     p.add_argument("--n-predict", type=int, default=128)
     p.add_argument("--n-ctx", type=int, default=1024)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--before", metavar="PROGRAM", help="an older pykvd-llama-reference to run as a third side")
     args = p.parse_args(argv)
     report = {
         "benchmark": "exact profile vs llama.cpp's default kernels (pykvd-llama-reference on both sides)",
@@ -161,6 +179,7 @@ def main(argv=None) -> int:
         "threads": args.threads,
         "repeats": args.repeats,
         "bar": BAR,
+        "before_program": args.before,
         "models": {},
     }
     for name in args.model:

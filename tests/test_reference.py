@@ -120,12 +120,7 @@ def run_reference(
         str(n_batch),
         "-t",
         str(N_THREADS),
-        "--flash-attn",
-        str(profile.flash_attn),
-        "--extra-bufts",
-        str(int(profile.extra_bufts)),
-        "--batch-invariant",
-        str(int(profile.batch_invariant)),
+        *profile.reference_flags(),
     ]
     if ignore_eos:
         cmd.append("--ignore-eos")

@@ -60,6 +60,17 @@ class RuntimeProfile:
             return replace(self, flash_attn=FLASH_ATTN_OFF, batch_invariant=True)
         return replace(self, flash_attn=FLASH_ATTN_AUTO, batch_invariant=False)
 
+    def reference_flags(self) -> list[str]:
+        """The same kernel settings as flags of pykvd-llama-reference (``pykvd.paths.reference_program()``)."""
+        return [
+            "--flash-attn",
+            str(self.flash_attn),
+            "--extra-bufts",
+            str(int(self.extra_bufts)),
+            "--batch-invariant",
+            str(int(self.batch_invariant)),
+        ]
+
     @property
     def is_exact(self) -> bool:
         """True only if every kernel choice of the exact profile holds."""
