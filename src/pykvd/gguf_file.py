@@ -8,6 +8,7 @@ metadata values, tensor descriptions and the extent of the tensor data.
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 from dataclasses import dataclass
@@ -115,15 +116,16 @@ class TensorInfo:
     offset: int  # from the start of the data section
 
     @property
+    def n_elements(self) -> int:
+        return math.prod(self.shape)
+
+    @property
     def nbytes(self) -> int | None:
         """Bytes of data, or None for a ggml type this reader does not know."""
         block = _GGML_BLOCKS.get(self.ggml_type)
         if block is None:
             return None
-        elements = 1
-        for dim in self.shape:
-            elements *= dim
-        return elements // block[0] * block[1]
+        return self.n_elements // block[0] * block[1]
 
     @property
     def type_name(self) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,7 +76,7 @@ def _matrix_types(header: GGUFHeader) -> dict[int, int]:
     elements: dict[int, int] = {}
     for tensor in header.tensors:
         if len(tensor.shape) >= 2:
-            elements[tensor.ggml_type] = elements.get(tensor.ggml_type, 0) + math.prod(tensor.shape)
+            elements[tensor.ggml_type] = elements.get(tensor.ggml_type, 0) + tensor.n_elements
     return elements
 
 

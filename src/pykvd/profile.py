@@ -11,13 +11,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from .gguf_file import GGML_TYPE_NAMES
+
 FLASH_ATTN_AUTO, FLASH_ATTN_OFF, FLASH_ATTN_ON = -1, 0, 1
 
 # ggml types whose repacked gemv and gemm sum alike, so repacking costs a single row nothing in
 # batch-invariant mode (Q4_0, IQ4_NL, MXFP4). Repacked K-quants pad a single row to a group of
 # four instead, which is slower than the tiled kernel's row dots, so exact models of those keep
 # ggml's own layout.
-REPACK_ALIKE_TYPES = frozenset({2, 20, 39})
+REPACK_ALIKE_TYPES = frozenset(t for t, name in GGML_TYPE_NAMES.items() if name in ("Q4_0", "IQ4_NL", "MXFP4"))
 
 
 @dataclass(frozen=True)
