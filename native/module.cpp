@@ -7,6 +7,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <deque>
 
 namespace pykvd {
@@ -28,6 +29,27 @@ void on_log(ggml_log_level level, const char * text, void *) {
     }
     log_lines.emplace_back(text);
     while (log_lines.size() > kLogKeep) log_lines.pop_front();
+}
+
+using Bytes = py::array_t<uint8_t, py::array::c_style>;
+
+py::array_t<float> dequantize(int type, const Bytes & raw, int64_t n) {
+    if (type < 0 || type >= GGML_TYPE_COUNT) throw py::value_error("unknown ggml type " + std::to_string(type));
+    const ggml_type t = (ggml_type) type;
+    const auto * traits = ggml_get_type_traits(t);
+    if (traits->blck_size <= 0 || (t != GGML_TYPE_F32 && traits->to_float == nullptr)) {
+        throw py::value_error(std::string("ggml type ") + traits->type_name + " has no conversion to float");
+    }
+    if (raw.ndim() != 1 || n <= 0 || n % traits->blck_size != 0 || (size_t) raw.size() != ggml_row_size(t, n)) {
+        throw py::value_error("raw must hold a whole number of blocks: the bytes of n_values values");
+    }
+    py::array_t<float> out(n);
+    if (t == GGML_TYPE_F32) {
+        std::memcpy(out.mutable_data(), raw.data(), (size_t) n * sizeof(float));
+    } else {
+        traits->to_float(raw.data(), out.mutable_data(), n);
+    }
+    return out;
 }
 
 }  // namespace
@@ -104,6 +126,8 @@ PYBIND11_MODULE(_native, m) {
         },
         "None if the architecture is supported, else why capture and re-injection are not available for it.");
     m.def("supports_gpu_offload", &llama_supports_gpu_offload);
+    m.def("dequantize", &dequantize, py::arg("ggml_type"), py::arg("raw"), py::arg("n_values"),
+          "n_values floats from raw, a whole number of ggml_type blocks, by ggml's own conversion.");
 
     bind_model(m);
     bind_context(m);

@@ -58,6 +58,27 @@ py::tuple forward(Context & self, const Rows & h, const Positions & pos, int32_t
     return py::make_tuple(out, with_logits ? py::object(logits) : py::none());
 }
 
+using Tokens = py::array_t<int32_t, py::array::c_style>;
+
+// P3 from token ids, no output head: h^(layer_end) [token, :].
+Rows forward_tokens(Context & self, const Tokens & tokens, const Positions & pos, int32_t il_end, llama_seq_id seq) {
+    self.get();
+    if (tokens.ndim() != 1 || pos.ndim() != 1 || tokens.shape(0) == 0 || tokens.shape(0) != pos.shape(0)) {
+        throw py::value_error("tokens and positions must be non-empty 1-D arrays of one length");
+    }
+    Rows out({tokens.shape(0), (py::ssize_t) llama_model_n_embd(self.model->model)});
+    float * h_dst = out.mutable_data();
+    int32_t rc;
+    {
+        py::gil_scoped_release nogil;
+        std::lock_guard<std::mutex> guard(self.lock);
+        if (!self.ctx) throw ClosedError("context is closed");
+        rc = llama_kvd_forward_tokens(self.ctx, seq, tokens.data(), pos.data(), (int32_t) pos.shape(0), il_end, h_dst);
+    }
+    raise_for_kvd_status(rc, "forward_tokens");
+    return out;
+}
+
 }  // namespace
 
 void raise_for_kvd_status(int32_t rc, const char * what) {
@@ -86,7 +107,11 @@ void bind_reinject(py::class_<Context> & cls) {
         .def("forward", &forward, py::arg("h"), py::arg("positions"), py::arg("layer_begin"), py::arg("layer_end"),
              py::arg("seq_id") = 0, py::arg("logits") = false,
              "P3: run layers [layer_begin, layer_end) from h [token, :], write their K/V; returns\n"
-             "(h^(layer_end), logits or None). logits=True needs layer_end == n_layer.");
+             "(h^(layer_end), logits or None). logits=True needs layer_end == n_layer.")
+        .def("forward_tokens", &forward_tokens, py::arg("tokens"), py::arg("positions"), py::arg("layer_end"),
+             py::arg("seq_id") = 0,
+             "P3 from token ids: run layers [0, layer_end) from the tokens' embeddings, write their K/V;\n"
+             "returns h^(layer_end) [token, :]. Runs no output head.");
 }
 
 }  // namespace pykvd
