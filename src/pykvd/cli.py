@@ -370,6 +370,8 @@ def _print_stats(stats, label: str = "stats") -> None:
         file=sys.stderr,
     )
     checkpoint = f" | checkpoint {format_bytes(stats.checkpoint_bytes)}" if stats.checkpoint_bytes else ""
+    if stats.draft_head_bytes:
+        checkpoint += f" | draft head {format_bytes(stats.draft_head_bytes)}"
     print(
         f"pykvd: {label}: KV buffer {format_bytes(stats.kv_bytes)}{checkpoint} | "
         f"compute buffer {format_bytes(stats.compute_bytes)} | weights {format_bytes(stats.model_bytes)} | "

@@ -12,6 +12,7 @@ import numpy as np
 
 from . import models as _models
 from ._llama import native
+from .draft_head import HeadWeights
 from .errors import ArgumentError, ArgumentTypeError, PromptError, SessionClosedError
 from .gguf_file import GGUFHeader, read_header
 from .model_checks import check_header
@@ -128,6 +129,7 @@ class LoadedModel:
             str(self.path), n_gpu_layers=n_gpu_layers, use_mmap=use_mmap, use_extra_bufts=self.profile.extra_bufts
         )
         self.info = self._read_info(header.architecture, header.metadata.get("general.name", ""))
+        self.head_weights = HeadWeights.of(header)  # for a draft that scores a few candidates itself
         self._kv_bytes_per_cell: float | None = None
 
     def _read_info(self, arch: str, name: object) -> ModelInfo:

@@ -4,11 +4,15 @@ llama.cpp's cells), the budget it must respect, and eviction through the context
 from __future__ import annotations
 
 import bisect
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import BudgetError, PolicyError
 from ..outputs import Outputs
+
+if TYPE_CHECKING:
+    from ..draft_head import CandidateHead
 
 
 class CachePolicy:
@@ -31,6 +35,8 @@ class CachePolicy:
     checkpoint: str | None = None  # the checkpoint kind in use, for policies that keep one
     prompt_in_one_pass = False  # True: a prompt of any length is one decode (arrive keeps only what fits)
     verifies_drafts = False  # True: its cells are a lossy cache it can draft over (draft) and then verify exactly
+    # A drafting policy's output head over a few candidate tokens, set by the session where it pays.
+    draft_head: CandidateHead | None = None
 
     def __init__(self, budget: int | None, *, n_sink: int = 4):
         self.budget = budget

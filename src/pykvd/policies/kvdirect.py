@@ -72,6 +72,14 @@ class KVDirect(StreamingSinks):
         """Tokens beyond the cells left for them are processed in the same single pass: the ones that
         will not stay hot are ephemeral on arrival (attended to at every layer, never stored), so a long
         prompt costs one pass over what is recomputed plus the new tokens."""
+        if self.draft_head is not None:
+            self.draft_head.observe(tokens, None)
+        logits = self._arrive(ctx, tokens, pos, outputs)
+        if self.draft_head is not None and logits is not None and logits.size:
+            self.draft_head.observe((), np.atleast_2d(logits)[-1])  # one row: a top-k costs 3 ms of Gemma 3's
+        return logits
+
+    def _arrive(self, ctx, tokens: np.ndarray, pos: int, outputs: Outputs) -> np.ndarray | None:
         logits = None
         if pos < self.n_sink:
             # The sinks take cells, and a decode's new rows in cells come after all its ephemeral rows.
@@ -124,11 +132,24 @@ class KVDirect(StreamingSinks):
         drafted: list[int] = []
         try:
             for i in range(k):
-                ctx.decode(np.array([drafted[-1] if drafted else token], np.int32), pos + i, outputs=int(Outputs.LAST))
-                drafted.append(int(np.argmax(ctx.logits(-1))))
+                drafted.append(self._draft_step(ctx, drafted[-1] if drafted else token, pos + i))
         finally:
             ctx.seq_rm(0, pos, -1)
         return drafted
+
+    def _draft_step(self, ctx, token: int, pos: int) -> int:
+        """The draft's next token: scored over the candidate head's tokens when there is one (the
+        layers alone run), else over the vocabulary by a plain decode."""
+        tokens = np.array([token], np.int32)
+        head = self.draft_head
+        if head is not None and head.n_candidates > 0:
+            h = ctx.forward_tokens(tokens, np.array([pos], np.int32), self._layers[0])
+            best = head.argmax(h[0])
+            if best is not None:
+                return best
+            ctx.seq_rm(0, pos, -1)
+        ctx.decode(tokens, pos, outputs=int(Outputs.LAST))
+        return int(np.argmax(ctx.logits(-1)))
 
     def checkpoint_bytes(self) -> int:
         return self._store.nbytes

@@ -16,6 +16,7 @@ import numpy as np
 
 from .._llama import native
 from ..budget import resolve_budget
+from ..draft_head import CandidateHead
 from ..draft_length import ADAPTIVE_MAX, DraftLength, checked_draft
 from ..errors import (
     ArgumentError,
@@ -79,6 +80,7 @@ class SessionStats:
     decode_s: float = 0.0  # sampling plus single-token decodes
     kv_bytes: int = 0
     checkpoint_bytes: int = 0  # what the policy keeps outside the cells to recompute evicted tokens
+    draft_head_bytes: int = 0  # the draft's candidate rows of the output matrix (draft_head.py)
     compute_bytes: int = 0
     model_bytes: int = 0
     rss_bytes: int = 0
@@ -176,6 +178,9 @@ class SessionCore:
         if kv_budget is not None and info.recurrent:
             raise _unsupported("a KV budget (evicting tokens)", info.architecture)
         self._policy, self.kv_budget = self._make_policy(model, kv_budget, policy, n_sink, checkpoint)
+        head = model.head_weights
+        if self._policy.verifies_drafts and head is not None and head.worthwhile:
+            self._policy.draft_head = CandidateHead(head)
         self._adaptive: DraftLength | None = None
         self._draft_setting = checked_draft(draft)
         self._draft = self._draft_length(self._draft_setting)
@@ -407,6 +412,7 @@ class SessionCore:
             **dataclasses.asdict(self._counters),  # every counter is a field of the stats
             kv_bytes=mem["kv"],
             checkpoint_bytes=self._policy.checkpoint_bytes(),
+            draft_head_bytes=self._policy.draft_head.nbytes if self._policy.draft_head is not None else 0,
             compute_bytes=mem["compute"],
             model_bytes=mem["model"],
             rss_bytes=rss_bytes(),
