@@ -5,7 +5,7 @@ of the verification. On a model whose output matrix is a large share of its weig
 most of a one-token decode (Gemma 3 270M: 168M of its 268M parameters; a decode step measured
 18-24 ms, the layers alone 7.5 ms), so a draft step runs the layers alone
 (``Context.forward_tokens``, llama_kvd_forward_tokens) and scores only the candidates: every token of
-the context so far and the top few tokens of every exact logits row the session computes.
+the context so far and the top few tokens of the last exact logits row of each decode.
 
 The candidates' rows of the output matrix are read from the GGUF file and converted to floats once,
 by ggml's own conversion; at most MAX_CANDIDATES of them are kept (the least recently seen make
