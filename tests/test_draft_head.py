@@ -137,6 +137,15 @@ def test_candidates_stay_bounded_and_the_recent_ones_stay(gemma3):
     assert head.argmax(head._rows[head._slot[newest]] / head._scale) == newest
 
 
+def test_logits_rows_of_any_width_give_their_top_tokens(tiny_llama):
+    head = CandidateHead(tiny_llama.head_weights)
+    head.observe((), np.arange(8, dtype=np.float32))  # fewer entries than the top it takes
+    assert head.n_candidates == 8
+    head.observe((), np.zeros((2, 0), np.float32))
+    head.observe([tiny_llama.info.n_vocab, -1], None)  # no such tokens: ignored
+    assert head.n_candidates == 8
+
+
 def test_a_changed_file_leaves_the_draft_without_candidates(tiny_llama_path, tmp_path):
     copy = tmp_path / "copy.gguf"
     shutil.copyfile(tiny_llama_path, copy)

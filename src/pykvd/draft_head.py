@@ -89,7 +89,8 @@ class CandidateHead:
         ids = [int(t) for t in np.asarray(tokens).ravel()]
         if logits is not None:
             rows = np.atleast_2d(logits)
-            top = np.argpartition(rows, -TOP_PER_ROW, axis=1)[:, -TOP_PER_ROW:]
+            n_top = min(TOP_PER_ROW, rows.shape[1])
+            top = np.argpartition(rows, -n_top, axis=1)[:, -n_top:] if n_top else rows[:, :0]
             ids.extend(int(t) for t in top.ravel())
         self._clock += 1
         fresh = []
@@ -158,5 +159,8 @@ class CandidateHead:
             return None
         if len(raw) != row_bytes * len(rows):
             return None
-        floats = native.dequantize(tensor.ggml_type, np.frombuffer(raw, np.uint8), self.n_embd * len(rows))
+        try:
+            floats = native.dequantize(tensor.ggml_type, np.frombuffer(raw, np.uint8), self.n_embd * len(rows))
+        except ValueError:  # a type ggml cannot convert to floats: no candidates, the full head drafts
+            return None
         return floats.reshape(len(rows), self.n_embd)
