@@ -111,24 +111,25 @@ class CandidateHead:
         return int(self._ids[int(np.argmax(scores))])
 
     def _admit(self, tokens: list[int]) -> None:
+        """New candidates take free slots, then those of the least recently seen; slots [0, n) stay full."""
+        rows = self._read_rows(self._weights.output, tokens)
+        if rows is None:  # the file changed under the model: the draft keeps what it has
+            return
         n_old = len(self._slot)
         n_new = min(n_old + len(tokens), MAX_CANDIDATES)
         if n_new > len(self._ids):
             self._grow(max(n_new, min(2 * len(self._ids), MAX_CANDIDATES)))
         slots = list(range(n_old, n_new))
-        if len(slots) < len(tokens):  # full: the least recently seen make way
+        if len(slots) < len(tokens):  # full
             stale = np.argsort(self._last_seen[:n_old], kind="stable")[: len(tokens) - len(slots)]
             for slot in stale:
                 del self._slot[int(self._ids[slot])]
             slots.extend(int(s) for s in stale)
-        rows = self._read_rows(self._weights.output, tokens)
-        if rows is not None:  # None: the file changed under the model; the draft keeps what it has
-            for token, slot, row in zip(tokens, slots, rows):
-                self._rows[slot] = row
-                self._ids[slot] = token
-                self._last_seen[slot] = self._clock
-                self._slot[token] = slot
-        self._compact()
+        for token, slot, row in zip(tokens, slots, rows):
+            self._rows[slot] = row
+            self._ids[slot] = token
+            self._last_seen[slot] = self._clock
+            self._slot[token] = slot
 
     def _grow(self, n: int) -> None:
         grown = np.zeros((n, self.n_embd), np.float32)
@@ -136,17 +137,6 @@ class CandidateHead:
         self._rows = grown
         self._ids = np.concatenate([self._ids, np.zeros(n - len(self._ids), np.int32)])
         self._last_seen = np.concatenate([self._last_seen, np.zeros(n - len(self._last_seen), np.int64)])
-
-    def _compact(self) -> None:
-        """Keep the live slots first, so that argmax scores rows [0, n_candidates)."""
-        live = sorted(self._slot.values())
-        if live == list(range(len(live))):
-            return
-        order = np.asarray(live, np.int64)
-        self._rows[: len(live)] = self._rows[order]
-        self._ids[: len(live)] = self._ids[order]
-        self._last_seen[: len(live)] = self._last_seen[order]
-        self._slot = {int(t): i for i, t in enumerate(self._ids[: len(live)])}
 
     def _read_rows(self, tensor: TensorInfo, rows: list[int]) -> np.ndarray | None:
         """Rows of a GGUF tensor as floats [len(rows), n_embd], or None if the file cannot give them."""

@@ -72,11 +72,11 @@ class KVDirect(StreamingSinks):
         """Tokens beyond the cells left for them are processed in the same single pass: the ones that
         will not stay hot are ephemeral on arrival (attended to at every layer, never stored), so a long
         prompt costs one pass over what is recomputed plus the new tokens."""
-        if self.draft_head is not None:
-            self.draft_head.observe(tokens, None)
         logits = self._arrive(ctx, tokens, pos, outputs)
-        if self.draft_head is not None and logits is not None and logits.size:
-            self.draft_head.observe((), np.atleast_2d(logits)[-1])  # one row: a top-k costs 3 ms of Gemma 3's
+        if self.draft_head is not None:
+            # one logits row: a top-k over Gemma 3's vocabulary costs 3 ms
+            last = np.atleast_2d(logits)[-1] if logits is not None and logits.size else None
+            self.draft_head.observe(tokens, last)
         return logits
 
     def _arrive(self, ctx, tokens: np.ndarray, pos: int, outputs: Outputs) -> np.ndarray | None:
@@ -143,11 +143,9 @@ class KVDirect(StreamingSinks):
         tokens = np.array([token], np.int32)
         head = self.draft_head
         if head is not None and head.n_candidates > 0:
-            h = ctx.forward_tokens(tokens, np.array([pos], np.int32), self._layers[0])
-            best = head.argmax(h[0])
-            if best is not None:
-                return best
-            ctx.seq_rm(0, pos, -1)
+            best = head.argmax(ctx.forward_tokens(tokens, np.array([pos], np.int32), self._layers[0])[0])
+            assert best is not None  # it has candidates
+            return best
         ctx.decode(tokens, pos, outputs=int(Outputs.LAST))
         return int(np.argmax(ctx.logits(-1)))
 
