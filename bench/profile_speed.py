@@ -7,7 +7,7 @@ installed build, which is the pinned tree with llama.cpp's default build options
 * default: what llama.cpp does on its own: flash attention auto, repacked
   weights, kernels chosen by batch size;
 * exact: pykvd's exact profile for that model (``RuntimeProfile.for_weights``):
-  flash attention off, ggml's batch-invariant mode on, repacked weights where
+  flash attention on, ggml's batch-invariant mode on, repacked weights where
   the profile repacks them.
 
 Per model: a prompt of at least --prompt-tokens tokens prefilled in one batch,

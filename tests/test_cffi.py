@@ -262,7 +262,7 @@ class Llm:
         params = self.lib.llama_context_default_params()
         params.n_ctx = params.n_batch = params.n_ubatch = N_CTX
         params.n_threads = params.n_threads_batch = 2
-        params.flash_attn_type = self.lib.LLAMA_FLASH_ATTN_TYPE_DISABLED  # llama-kvd's decodes need it off
+        params.flash_attn_type = self.lib.LLAMA_FLASH_ATTN_TYPE_ENABLED  # as the exact profile
         ctx = self.lib.llama_init_from_model(self.model, params)
         assert ctx != self.ffi.NULL
         # the exact profile: batching must not change results

@@ -1,4 +1,4 @@
-"""Batch invariance of ggml's CPU matmul kernels, type by type (patches 0007-0010).
+"""Batch invariance of ggml's CPU matmul and flash-attention kernels (patches 0007-0010, 0014).
 
 pykvd-batch-invariance (native/kernels/batch_invariance.c) multiplies a random
 weight matrix of one ggml type by 600 random activation rows at once, then by
@@ -8,6 +8,10 @@ none, for every type the CPU backend multiplies by, in ggml's own layout and
 repacked, and with other thread counts. Without the mode ggml's kernel choice
 shows through (tinyBLAS from 2 rows, the tiled K-quant kernel from 8, repacked
 gemv for rows outside full groups of 4), which is what the check catches.
+
+With ``--op flash_attn`` it does the same for ggml_flash_attn_ext over a causal
+mask: in batch-invariant mode every batch size takes the tiled kernel; without
+it, fewer than 64 query rows take the one-row kernel.
 """
 
 from __future__ import annotations
@@ -98,3 +102,37 @@ def test_repacked_k_quants_differ_without_the_mode():
     differing = check("Q4_K", invariant=False, repack=True)["differing_batch_sizes"]
     # every batch size that leaves rows outside full groups of 4 takes gemv for them
     assert differing and all(n % 4 != 0 for n in differing) and 1 in differing
+
+
+def check_attention(type_name: str, head_size: int, heads: int, *, invariant: bool = True, threads: int = 2) -> dict:
+    command = [str(paths.batch_invariance_program()), "--op", "flash_attn", "--type", type_name]
+    command += ["--cols", str(head_size), "--rows", str(heads), "--invariant", str(int(invariant))]
+    command += ["--threads", str(threads)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.mark.parametrize(
+    ("type_name", "head_size", "heads", "threads"),
+    [
+        ("F16", 64, 4, 2),  # SmolLM2's and the sized models' head size
+        ("F16", 256, 8, 2),  # Gemma 3's
+        ("F16", 80, 6, 2),  # a head size the 16-wide K packing does not divide
+        ("F16", 128, 2, 2),
+        ("F32", 64, 4, 2),
+        ("F16", 64, 4, 1),
+        ("F16", 64, 4, 3),
+    ],
+)
+def test_flash_attention_gives_the_same_rows_at_every_batch_size(type_name, head_size, heads, threads):
+    """Each window of query rows also sees another number of keys (its n_kv, padded to 256)."""
+    result = check_attention(type_name, head_size, heads, threads=threads)
+    assert result["batch_sizes"] == 600
+    assert result["differing_batch_sizes"] == []
+
+
+def test_flash_attention_without_the_mode_takes_another_kernel_below_a_tile():
+    differing = check_attention("F16", 64, 4, invariant=False)["differing_batch_sizes"]
+    # the one-row kernel below 64 query rows (it also sums V in F16), the tiled kernel from 64
+    assert differing[:63] == list(range(1, 64))

@@ -96,7 +96,8 @@ print(json.dumps(run_calls(llm, calls)))
 def reference(llama_cpp_python_dir, smollm2_path):
     """What llama-cpp-python's Llama returns for CALLS."""
     script = REFERENCE.format(runner=inspect.getsource(run_calls))
-    stdin = json.dumps([str(smollm2_path), CONTEXT, CALLS])
+    # pykvd's exact profile attends with flash attention; llama-cpp-python's flash_attn=True does too
+    stdin = json.dumps([str(smollm2_path), CONTEXT | {"flash_attn": True}, CALLS])
     return json.loads(run_llama_cpp_python(llama_cpp_python_dir, script, stdin=stdin))
 
 

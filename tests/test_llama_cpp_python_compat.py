@@ -2,7 +2,8 @@
 
 The bindings' Python package is taken from the same source distribution the
 build used (in pykvd's cache), run in a subprocess with LLAMA_CPP_LIB_PATH
-pointing at pykvd's lib folder, and must generate pykvd's greedy text.
+pointing at pykvd's lib folder, and must generate pykvd's greedy text (both
+with flash attention, which pykvd's exact profile runs).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ PROMPT = "The capital of France is"
 
 GENERATE = """
 import llama_cpp
-llm = llama_cpp.Llama(model_path={model!r}, n_ctx=512, n_threads=1, flash_attn=False, verbose=False)
+llm = llama_cpp.Llama(model_path={model!r}, n_ctx=512, n_threads=1, flash_attn=True, verbose=False)
 out = llm({prompt!r}, max_tokens=12, temperature=0.0)
 print(out["choices"][0]["text"], end="")
 """

@@ -271,7 +271,7 @@ def _generation_args(parser: argparse.ArgumentParser, *, default_tokens: int = 1
     c.add_argument(
         "--fast",
         action="store_true",
-        help="let llama.cpp pick its fastest kernels (flash attention, repacked weights); not bit-exact",
+        help="let llama.cpp pick its kernels by batch size (repacked weights, flash attention auto); not bit-exact",
     )
     if not serving:
         c.add_argument("--stats", action="store_true", help="print timings and memory to stderr")

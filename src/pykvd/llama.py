@@ -21,7 +21,8 @@ What differs from llama-cpp-python:
   typical_p, mirostat, tools, infill suffix, custom chat handlers, tokenizers or draft models) raise
   ArgumentError unless they have llama-cpp-python's default value; unknown keywords raise
   ArgumentTypeError;
-- ``flash_attn=True`` leaves pykvd's exact profile (flash attention on auto, repacked weights);
+- ``flash_attn=True`` leaves pykvd's exact profile for llama.cpp's own kernel choice (flash attention
+  auto, repacked weights, no batch invariance); the exact profile attends with flash attention too;
 - chat prompts come from the GGUF's own template, rendered with Jinja2 as llama-cpp-python does when
   jinja2 is installed, else by llama.cpp's template engine; ``chat_format`` names one of llama.cpp's
   built-in templates ("chatml", "llama2", "llama3", "gemma", ...), not llama-cpp-python's Python

@@ -2,9 +2,12 @@
 
 Bit-exact results need kernels whose numbers do not depend on batch shape. The
 patched ggml has a batch-invariant mode that keeps its fast kernels (tinyBLAS,
-the tiled K-quant matmul, repacked weights) and makes every batch size take the
-same kernel and reduction order; pykvd turns it on for each exact context.
-Flash attention stays off: pykvd's recompute primitives attend without it.
+the tiled K-quant matmul, repacked weights, flash attention's tiled kernel) and
+makes every batch size take the same kernel and reduction order; pykvd turns it
+on for each exact context. Flash attention is on: its tiled kernel sums each
+query row on its own, and pykvd's recompute primitives attend through it too.
+Policies that read llama.cpp's attention weights turn it off (the weights exist
+as tensors only without it); the non-flash path is batch-invariant as well.
 """
 
 from __future__ import annotations
@@ -32,13 +35,13 @@ class RuntimeProfile:
     when the weights load; a session can switch the rest.
     """
 
-    flash_attn: int = FLASH_ATTN_OFF
+    flash_attn: int = FLASH_ATTN_ON
     extra_bufts: bool = False
     batch_invariant: bool = True
 
     @classmethod
     def exact(cls, repack: bool = False) -> RuntimeProfile:
-        return cls(FLASH_ATTN_OFF, repack, True)
+        return cls(FLASH_ATTN_ON, repack, True)
 
     @classmethod
     def fast(cls) -> RuntimeProfile:
@@ -59,8 +62,12 @@ class RuntimeProfile:
         if exact is None:
             return self
         if exact:
-            return replace(self, flash_attn=FLASH_ATTN_OFF, batch_invariant=True)
+            return replace(self, flash_attn=FLASH_ATTN_ON, batch_invariant=True)
         return replace(self, flash_attn=FLASH_ATTN_AUTO, batch_invariant=False)
+
+    def without_flash_attention(self) -> RuntimeProfile:
+        """This profile with flash attention off, for reading llama.cpp's attention weights."""
+        return replace(self, flash_attn=FLASH_ATTN_OFF)
 
     def reference_flags(self) -> list[str]:
         """The same kernel settings as flags of pykvd-llama-reference (``pykvd.paths.reference_program()``)."""
@@ -76,4 +83,4 @@ class RuntimeProfile:
     @property
     def is_exact(self) -> bool:
         """True only if every kernel choice of the exact profile holds."""
-        return self.flash_attn == FLASH_ATTN_OFF and self.batch_invariant
+        return self.flash_attn != FLASH_ATTN_AUTO and self.batch_invariant

@@ -27,7 +27,7 @@ class CachePolicy:
     lossless = False  # True: the output equals the full cache's
     needs_attention = False  # True: victims depend on llama.cpp's attention weights
     attention_window = 0  # final query rows of a decode whose attention is summed apart (0: none recorded)
-    needs_exact_attention = False  # True: only correct with flash attention off (the exact profile)
+    needs_exact_attention = False  # True: only correct with batch-invariant attention (the exact profile)
     takes_budget = True  # False: the policy keeps every token and refuses a kv_budget
     checkpoints: tuple[str, ...] = ()  # checkpoint kinds it keeps to recompute evicted tokens (first: default)
     needs_layer_hooks = False  # True: it runs llama-kvd's per-layer hooks, which only some architectures have

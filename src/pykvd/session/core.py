@@ -34,7 +34,6 @@ from ..memory import rss_bytes
 from ..model import LoadedModel, Message
 from ..outputs import Outputs
 from ..policies import checked_n_sink, make_policy
-from ..profile import FLASH_ATTN_OFF
 from ..residuals import ResidualCapture
 from ..sampling import SamplingParams
 
@@ -194,11 +193,11 @@ class SessionCore:
         if n_ubatch > n_batch:
             raise ArgumentError("n_ubatch cannot exceed n_batch")
         self.profile = model.profile.for_session(exact)
-        if self._policy.needs_exact_attention and self.profile.flash_attn != FLASH_ATTN_OFF:
-            raise PolicyError(
-                f"policy {self._policy.name!r} works on llama.cpp's attention with flash attention "
-                "off: use the exact profile"
-            )
+        if self._policy.needs_exact_attention and not self.profile.is_exact:
+            raise PolicyError(f"policy {self._policy.name!r} needs batch-invariant attention: use the exact profile")
+        if self._policy.needs_attention:
+            # llama.cpp's attention weights exist as tensors only without flash attention
+            self.profile = self.profile.without_flash_attention()
         if self._policy.needs_layer_hooks and info.architecture not in CAPTURE_ARCHITECTURES:
             raise _unsupported(f"policy {self._policy.name!r} (recomputing evicted tokens)", info.architecture)
         self.model = model
