@@ -213,7 +213,8 @@ static int check_attention(ggml_backend_t cpu, const struct options * o, enum gg
     int n_differ = 0;
     for (int n = 1; n <= N; ++n) {
         const int start = (int) (((int64_t) n * 7919) % (N - n + 1));
-        const int n_kv  = (int) (((start + n + 255) / 256) * 256 < N ? ((start + n + 255) / 256) * 256 : N);
+        const int padded = ((start + n + 255) / 256) * 256;  // llama.cpp's n_kv for keys 0..start+n-1
+        const int n_kv   = padded < N ? padded : (int) N;
         if (!attend(cpu, &a, start, n, n_kv, part)) {
             fprintf(stderr, "the attention of %d rows failed\n", n);
             return 2;

@@ -61,9 +61,8 @@ class RuntimeProfile:
         """This model's profile with a session's own choice; the weights' layout stays."""
         if exact is None:
             return self
-        if exact:
-            return replace(self, flash_attn=FLASH_ATTN_ON, batch_invariant=True)
-        return replace(self, flash_attn=FLASH_ATTN_AUTO, batch_invariant=False)
+        kernels = RuntimeProfile.of(exact)
+        return replace(self, flash_attn=kernels.flash_attn, batch_invariant=kernels.batch_invariant)
 
     def without_flash_attention(self) -> RuntimeProfile:
         """This profile with flash attention off, for reading llama.cpp's attention weights."""
