@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import platform
+
 import numpy as np
 import pytest
 
 import pykvd
 from pykvd import SessionClosedError
+from pykvd.gguf_file import GGML_TYPE_NAMES
 
 TEXT = "Hello, world! The quick brown fox jumps over 13 lazy dogs.\nA new line, and: punctuation?"
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
@@ -157,6 +160,16 @@ def test_exact_profile_is_the_default(smollm2, gemma3):
         assert session.profile.is_exact
     with open_session(smollm2, n_ctx=64, exact=False) as session:
         assert not session.profile.is_exact
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="the repacking rule is x86's")
+def test_exact_profile_repacks_where_single_rows_cost_nothing(smollm2, gemma3):
+    types = {name: t for t, name in GGML_TYPE_NAMES.items()}
+    assert gemma3.profile.extra_bufts  # Q4_K_M: its repacked weights are Q4_K, whose gemv sums like gemm
+    assert not smollm2.profile.extra_bufts  # Q4_1 and Q8_0: nothing to repack
+    mostly_q2_k = {types["Q2_K"]: 3 << 20, types["Q4_K"]: 1 << 20, types["Q8_0"]: 8 << 20}
+    assert not pykvd.RuntimeProfile.for_weights(True, mostly_q2_k).extra_bufts  # Q2_K would pad single rows
+    assert pykvd.RuntimeProfile.for_weights(False, mostly_q2_k).extra_bufts  # the fast profile always repacks
 
 
 def test_fast_profile_is_not_exact(smollm2_path):

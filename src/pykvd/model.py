@@ -86,9 +86,10 @@ class LoadedModel:
     (pykvd.Model is this plus ``session()``.)
 
     ``model`` is a path to a GGUF file or the name of a fetchable model
-    ("smollm2", "gemma3"). ``exact=True`` (default) loads weights without
-    repacking, part of the bit-exact profile; ``exact=False`` lets llama.cpp
-    repack them for speed. ``chat_template`` replaces the GGUF's own template
+    ("smollm2", "gemma3"). ``exact=True`` (default) loads the weights for the
+    bit-exact profile, repacked only where single rows lose nothing by it
+    (``RuntimeProfile.for_weights``); ``exact=False`` lets llama.cpp repack
+    them for speed. ``chat_template`` replaces the GGUF's own template
     (a Jinja-style template or a llama.cpp built-in name such as "gemma" or
     "chatml"); it is needed for GGUFs that carry none. ``probe`` (default:
     on unless $PYKVD_PROBE is 0) first loads and runs an unknown file in a

@@ -12,17 +12,26 @@ as tensors only without it); the non-flash path is batch-invariant as well.
 
 from __future__ import annotations
 
+import platform
 from dataclasses import dataclass, replace
 
 from .gguf_file import GGML_TYPE_NAMES
 
 FLASH_ATTN_AUTO, FLASH_ATTN_OFF, FLASH_ATTN_ON = -1, 0, 1
 
-# ggml types whose repacked gemv and gemm sum alike, so repacking costs a single row nothing in
-# batch-invariant mode (Q4_0, IQ4_NL, MXFP4). Repacked K-quants pad a single row to a group of
-# four instead, which is slower than the tiled kernel's row dots, so exact models of those keep
-# ggml's own layout.
-REPACK_ALIKE_TYPES = frozenset(t for t, name in GGML_TYPE_NAMES.items() if name in ("Q4_0", "IQ4_NL", "MXFP4"))
+
+def _types(*names: str) -> frozenset[int]:
+    return frozenset(t for t, name in GGML_TYPE_NAMES.items() if name in names)
+
+
+# ggml types that the CPU backend repacks on x86 (AVX2 and up; Q2_K with AVX-512).
+REPACKED_TYPES = _types("Q4_0", "Q4_K", "Q2_K", "IQ4_NL", "MXFP4")
+# Those whose single rows cost in batch-invariant mode what they cost llama.cpp: the repacked gemv
+# sums as gemm does (Q4_0, IQ4_NL, MXFP4 as they are; Q4_K through its own gemv, patch 0016). Q2_K
+# pads a single row to gemm's group of four instead. Off x86 every repacked type pads (patch 0010),
+# so none counts as alike there.
+_ON_X86 = platform.machine().lower() in ("x86_64", "amd64")
+REPACK_ALIKE_TYPES = _types("Q4_0", "Q4_K", "IQ4_NL", "MXFP4") if _ON_X86 else frozenset()
 
 
 @dataclass(frozen=True)
@@ -53,9 +62,11 @@ class RuntimeProfile:
 
     @classmethod
     def for_weights(cls, exact: bool, weight_types: dict[int, int]) -> RuntimeProfile:
-        """The profile for a model whose weights hold ``weight_types`` (ggml type -> elements)."""
-        main_type = max(weight_types, key=weight_types.__getitem__) if weight_types else -1
-        return cls.of(exact, repack=main_type in REPACK_ALIKE_TYPES)
+        """The profile for a model whose weights hold ``weight_types`` (ggml type -> elements):
+        exact models repack when most of what would be repacked sums alike in both layouts."""
+        repacked = {t: n for t, n in weight_types.items() if t in REPACKED_TYPES}
+        main_repacked = max(repacked, key=repacked.__getitem__) if repacked else -1
+        return cls.of(exact, repack=main_repacked in REPACK_ALIKE_TYPES)
 
     def for_session(self, exact: bool | None) -> RuntimeProfile:
         """This model's profile with a session's own choice; the weights' layout stays."""
