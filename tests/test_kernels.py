@@ -119,7 +119,7 @@ def check_attention(type_name: str, head_size: int, heads: int, *, invariant: bo
         ("F16", 64, 4, 2),  # SmolLM2's and the sized models' head size
         ("F16", 256, 8, 2),  # Gemma 3's
         ("F16", 80, 6, 2),  # a head size the 16-wide K packing does not divide
-        ("F16", 128, 2, 2),
+        ("F16", 128, 2, 2),  # one K/V head: a decode splits its group of query heads between the threads
         ("F32", 64, 4, 2),
         ("F16", 64, 4, 1),
         ("F16", 64, 4, 3),
