@@ -23,7 +23,7 @@ against the exact build that preceded the batch-invariant kernels: no tinyBLAS,
 GGML_LLAMAFILE=OFF) with that build's exact profile: flash attention off, no
 repacked weights, GGML_CPU_TILED_MM=0.
 
-Usage: python bench/profile_speed.py [--model smollm2 gemma3 F16 Q8_0 Q4_0 Q4_K Q6_K] [--repeats 5]
+Usage: python bench/profile_speed.py [--model smollm2 gemma3 F16 Q8_0 Q4_0 Q4_K Q6_K] [--repeats 7]
                                      [--before PROGRAM]
 """
 
@@ -164,7 +164,7 @@ def draw(report: dict):
 def main(argv=None) -> int:
     p = parser(__doc__, "profile_speed")
     p.set_defaults(model=[*REAL_MODELS, *SIZED_TYPES])
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--prompt-tokens", type=int, default=512)
     p.add_argument("--n-predict", type=int, default=128)
     p.add_argument("--n-ctx", type=int, default=1024)

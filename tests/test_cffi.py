@@ -240,7 +240,7 @@ class Llm:
         self.ffi, self.lib = ffi, lib
         params = lib.llama_model_default_params()
         params.n_gpu_layers = 0
-        params.use_extra_bufts = False  # no repacked weights: part of the exact profile
+        params.use_extra_bufts = False  # no repacked weights, as the exact profile loads SmolLM2
         self.model = lib.llama_model_load_from_file(str(path).encode(), params)
         assert self.model != ffi.NULL
         self.vocab = lib.llama_model_get_vocab(self.model)
