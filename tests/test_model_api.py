@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import platform
-
 import numpy as np
 import pytest
 
 import pykvd
 from pykvd import SessionClosedError
 from pykvd.gguf_file import GGML_TYPE_NAMES
+from pykvd.profile import REPACK_ALIKE_TYPES
 
 TEXT = "Hello, world! The quick brown fox jumps over 13 lazy dogs.\nA new line, and: punctuation?"
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
@@ -162,7 +161,7 @@ def test_exact_profile_is_the_default(smollm2, gemma3):
         assert not session.profile.is_exact
 
 
-@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="the repacking rule is x86's")
+@pytest.mark.skipif(not REPACK_ALIKE_TYPES, reason="no repacked type sums alike off x86")
 def test_exact_profile_repacks_where_single_rows_cost_nothing(smollm2, gemma3):
     types = {name: t for t, name in GGML_TYPE_NAMES.items()}
     assert gemma3.profile.extra_bufts  # Q4_K_M: its repacked weights are Q4_K, whose gemv sums like gemm
